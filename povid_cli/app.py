@@ -1,0 +1,159 @@
+"""The typer app, its one error boundary, and what every command shares (options, progress, running a stage).
+
+Command modules in povid_cli/commands/ decorate their functions with `@command(...)`; importing them
+must stay cheap (no torch, vllm or transformers at import time), so `povid --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .errors import PovidError
+
+app = typer.Typer(
+    name="povid",
+    help=(
+        "Hallucination-aware preference data for vision-language models (POVID), and DPO training on it.\n\n"
+        "Typical run:  povid synth IMAGES/ -o DATA  (ingest -> hallucinate -> distort -> filter -> export),\n"
+        "then  povid train DATA --model M -o CKPT.  Every stage resumes where it stopped."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)  # results meant for stdout (tables, paths)
+log = logging.getLogger("povid")
+
+# -- shared options ------------------------------------------------------------------------------------
+Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="Log what happens (-vv: debug).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process only the first N rows (to try things out).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Parallel worker processes [default: number of cores].")]
+Executor = Annotated[str, typer.Option("--executor", help="Where batches run: local (processes on this machine) or ray.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (ray://host:10001 or auto); default: a local Ray.")]
+RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run again the rows that failed for any reason, not only transient ones.")]
+
+
+class Interrupted(PovidError):
+    exit_code = 130
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # The http libraries are chatty at INFO; they would also print request URLs with keys in query strings.
+    for noisy in ("httpx", "httpcore", "openai", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+
+
+def error(message: str) -> None:
+    console.print(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the synth kill tests
+    raise Interrupted("stopped by SIGTERM; finished shards are kept, run the same command again to resume")
+
+
+def command(*args, **kwargs) -> Callable:
+    """`app.command` plus the error boundary: domain errors become one red line and an exit code."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            verbose = kw.get("verbose", 0) or 0
+            setup_logging(verbose)
+            if hasattr(signal, "SIGTERM"):
+                try:
+                    signal.signal(signal.SIGTERM, _on_sigterm)
+                except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                    pass
+            try:
+                return fn(*a, **kw)
+            except typer.Exit:
+                raise
+            except KeyboardInterrupt:
+                error("interrupted; finished shards are kept, run the same command again to resume")
+                raise typer.Exit(130) from None
+            except PovidError as e:
+                error(str(e))
+                raise typer.Exit(e.exit_code) from None
+            except Exception as e:  # noqa: BLE001 - a bug: still one line unless -v asks for more
+                if verbose:
+                    traceback.print_exc()
+                error(f"unexpected {type(e).__name__}: {e}" + ("" if verbose else " (run with -v for the traceback)"))
+                raise typer.Exit(1) from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return decorate
+
+
+def make_progress():
+    """A rich progress display on stderr (silent when stderr is not a terminal, e.g. in cron logs)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("rows"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not console.is_terminal or bool(os.environ.get("POVID_NO_PROGRESS")),
+    )
+
+
+def execute_stage(data: str, stage, *, workers: int | None = None, limit: int | None = None,
+                  executor: str = "local", ray_address: str | None = None, retry_failed: bool = False):
+    """Open DATA, take its lock, run one stage with a progress bar, print a summary; exit 1 if rows failed."""
+    from .executors import make_executor
+    from .runner import run_stage
+    from .store import Dataset
+
+    ds = Dataset.open(data)
+    with ds.lock():
+        ex = make_executor(executor, workers, ray_address)
+        try:
+            with make_progress() as progress:
+                run = run_stage(ds, stage, ex, limit=limit, retry_failed=retry_failed, progress=progress)
+        finally:
+            ex.close()
+    report_run(ds, run)
+    return run
+
+
+def report_run(ds, run) -> None:
+    from .runner import summarize_failures
+
+    console.print(escape(run.line()))
+    if run.failed:
+        for line in summarize_failures(ds, run.stage):
+            console.print(f"  [yellow]failed[/yellow] {escape(line)}")
+        console.print(f"  {run.failed} row(s) failed: see {ds.root.url}/failed/{run.stage}/ "
+                      f"(`povid status {ds.root.url}`); re-run to retry transient failures")
+        raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"povid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Hallucination-aware preference data for VLMs (POVID), and DPO training on it."""

@@ -1,0 +1,1 @@
+"""Backends, looked up by name and imported lazily."""

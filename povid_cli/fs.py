@@ -1,0 +1,168 @@
+"""Local paths and remote URLs (s3://, gs://, hdfs://, anything fsspec knows) behind one small API.
+
+pyarrow's own filesystems are used where pyarrow has one (local, s3, gs, hdfs); other fsspec
+protocols are wrapped with `pyarrow.fs.FSSpecHandler`. Writes are atomic where the filesystem allows:
+the bytes go to a temporary name in the same folder and are moved into place when complete, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import PovidError
+
+TMP_PREFIX = ".tmp-"
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem plus a path inside it."""
+
+    fs: pafs.FileSystem
+    path: str
+    url: str  # what the user gave, normalised (absolute for local paths)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def join(self, *parts: str) -> "Location":
+        sep_join = os.path.join if self.is_local else posixpath.join
+        return Location(self.fs, sep_join(self.path, *parts), sep_join(self.url, *parts))
+
+    # -- queries -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def listdir(self) -> list[str]:
+        """Names (not paths) in this folder; [] if it does not exist."""
+        if not self.is_dir():
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+    # -- bytes ---------------------------------------------------------------------------------
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_json(self):
+        return json.loads(self.read_bytes().decode("utf-8"))
+
+    def makedirs(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def _tmp_sibling(self) -> "Location":
+        parent, name = (os.path if self.is_local else posixpath).split(self.path)
+        tmp = (os.path if self.is_local else posixpath).join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
+        return Location(self.fs, tmp, tmp)
+
+    def _commit(self, tmp: "Location") -> None:
+        if self.is_local:
+            os.replace(tmp.path, self.path)  # atomic on POSIX
+        else:
+            self.fs.move(tmp.path, self.path)
+
+    def write_bytes_atomic(self, data: bytes) -> None:
+        self.parent().makedirs()
+        tmp = self._tmp_sibling()
+        try:
+            with self.fs.open_output_stream(tmp.path) as f:
+                f.write(data)
+            if self.is_local:
+                _fsync(tmp.path)
+            self._commit(tmp)
+        except BaseException:
+            tmp.delete()
+            raise
+
+    def write_json_atomic(self, obj) -> None:
+        self.write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    def delete(self) -> None:
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path)
+        elif info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path)
+
+    def parent(self) -> "Location":
+        mod = os.path if self.is_local else posixpath
+        return Location(self.fs, mod.dirname(self.path), mod.dirname(self.url))
+
+    # -- parquet -------------------------------------------------------------------------------
+    def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path, filesystem=self.fs, columns=columns)
+
+    def parquet_metadata(self) -> dict[str, str]:
+        with self.fs.open_input_file(self.path) as f:
+            md = pq.ParquetFile(f).schema_arrow.metadata or {}
+        return {k.decode(): v.decode() for k, v in md.items()}
+
+    def write_parquet_atomic(self, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+        if metadata:
+            merged = dict(table.schema.metadata or {})
+            merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+            table = table.replace_schema_metadata(merged)
+        self.parent().makedirs()
+        tmp = self._tmp_sibling()
+        try:
+            # Row groups of ~64 rows keep image-heavy shards streamable by datasets / pyarrow readers.
+            pq.write_table(table, tmp.path, filesystem=self.fs, row_group_size=64, compression="zstd")
+            if self.is_local:
+                _fsync(tmp.path)
+            self._commit(tmp)
+        except BaseException:
+            tmp.delete()
+            raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def resolve(path: str) -> Location:
+    """Turn a user path or URL into a Location. Raises PovidError for unknown protocols."""
+    path = str(path)
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    if not is_url(path):
+        p = os.path.abspath(os.path.expanduser(path))
+        return Location(pafs.LocalFileSystem(), p, p)
+    try:
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return Location(fs, inner.rstrip("/"), path.rstrip("/"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        pass
+    try:
+        import fsspec
+    except ImportError as e:  # pragma: no cover
+        raise PovidError(f"cannot open {path}: install fsspec for this protocol") from e
+    protocol, _, inner = path.partition("://")
+    try:
+        fsspec_fs = fsspec.filesystem(protocol)
+    except (ImportError, ValueError) as e:
+        raise PovidError(f"cannot open {path}: {e}") from e
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
+    inner = fsspec_fs._strip_protocol(path)
+    return Location(fs, inner.rstrip("/"), path.rstrip("/"))

@@ -1,0 +1,165 @@
+"""What a stage is: a pure function over a batch of rows, plus a frozen config and a backend.
+
+A stage subclass declares what it reads and writes and implements `process(batch) -> Result`.
+It never opens files: the runner (runner.py) reads the input shards, hands the stage batches,
+and writes what comes back. Example:
+
+    @dataclass(frozen=True)
+    class UpperConfig:
+        column: str = "chosen"
+
+    class Upper(Stage):
+        name = "upper"
+        reads = ("items",)
+        writes = ("uppered",)
+        schemas = {"uppered": pa.schema([("id", pa.string()), ("text", pa.string())])}
+        Config = UpperConfig
+
+        def process(self, batch):
+            return Result.of(self.map_rows(batch.rows, lambda r: [{"id": r["id"], "text": r[self.config.column].upper()}]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import pyarrow as pa
+
+from .errors import PovidError, RowError, TransientError
+from .templates import prompt_hash
+from .store import digest
+
+FAILED_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("stage", pa.string()),
+    ("error", pa.string()),
+    ("kind", pa.string()),
+    ("retryable", pa.bool_()),
+    ("detail", pa.string()),  # JSON: whatever helps find the row again (source, source_id, variant...)
+])
+
+
+def failure(row_id: str | None, error: str, *, kind: str = "invalid", retryable: bool = False,
+            detail: str | None = None) -> dict:
+    return {"id": row_id, "error": error, "kind": kind, "retryable": retryable, "detail": detail}
+
+
+@dataclass
+class Batch:
+    """Rows of the stage's primary input (`rows`) and the matching rows of its other inputs.
+
+    `inputs[name]` holds the rows of input `name` whose item id is in this batch, in shard order.
+    """
+
+    rows: list[dict]
+    inputs: dict[str, list[dict]] = field(default_factory=dict)
+    shard: int = 0
+
+    def by_item(self, name: str) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for r in self.inputs.get(name, []):
+            out.setdefault(item_id_of(r), []).append(r)
+        return out
+
+
+def item_id_of(row: dict) -> str:
+    """The item a row belongs to: `item_id` when the row has one (pairs), else its `id`."""
+    return row.get("item_id") or row["id"]
+
+
+@dataclass
+class Result:
+    """What a stage returns for one batch: rows per output, failed rows, and usage (tokens, requests)."""
+
+    outputs: dict[str, list[dict]] = field(default_factory=dict)
+    failed: list[dict] = field(default_factory=list)
+    usage: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pair: tuple[list[dict], list[dict]], output: str | None = None, usage: dict | None = None) -> "Result":
+        rows, failed = pair
+        return cls({output or "": rows}, failed, usage or {})
+
+    def merge(self, other: "Result") -> None:
+        for k, v in other.outputs.items():
+            self.outputs.setdefault(k, []).extend(v)
+        self.failed.extend(other.failed)
+        for k, v in other.usage.items():
+            self.usage[k] = self.usage.get(k, 0) + v
+
+
+def hashed_fields(config: Any) -> dict:
+    """The config fields that change a stage's output (fields with metadata hash=False are left out)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("hash", True):
+            v = getattr(config, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+class Stage:
+    """Base class of every stage. Subclasses set the class attributes and implement `process`."""
+
+    name: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ("items",)  # reads[0] drives the shards; others join by item id
+    optional_reads: ClassVar[tuple[str, ...]] = ()  # used when present
+    writes: ClassVar[tuple[str, ...]]  # writes[0] is the main output
+    schemas: ClassVar[dict[str, pa.Schema]]
+    Config: ClassVar[type]
+    prompts: ClassVar[tuple[str, ...]] = ()  # prompt templates whose hash is part of the config hash
+    batch_size: ClassVar[int | None] = 32  # None: the whole shard at once (engines that schedule themselves)
+    max_workers: ClassVar[int | None] = None  # 1 for stages that hold one model per process
+    resources: ClassVar[dict[str, float]] = {}  # e.g. {"num_gpus": 1} for the ray executor
+    sequential: ClassVar[bool] = False  # shards in order in one process, with `observe` for done shards
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._ready = False
+
+    # -- identity --------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def config_hash(self) -> str:
+        return digest(self.name, hashed_fields(self.config), {p: prompt_hash(p) for p in self.prompts})
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def ensure_ready(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    def setup(self) -> None:
+        """Load models or open clients; called once per worker process before the first batch."""
+
+    def process(self, batch: Batch) -> Result:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, outputs: dict[str, list[dict]]) -> None:
+        """Sequential stages: see the outputs of a shard that is already done (to rebuild state)."""
+
+    def close(self) -> None:
+        """Release what setup() took."""
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def map_rows(self, rows: Iterable[dict], fn: Callable[[dict], list[dict]]) -> tuple[list[dict], list[dict]]:
+        """Apply fn to each row; a row whose fn raises goes to the failed list instead of the output."""
+        out: list[dict] = []
+        failed: list[dict] = []
+        for row in rows:
+            try:
+                out.extend(fn(row))
+            except RowError as e:
+                failed.append(failure(row.get("id"), str(e), kind=e.kind, retryable=e.retryable))
+            except TransientError as e:
+                failed.append(failure(row.get("id"), str(e), kind="transient", retryable=True))
+            except PovidError:
+                raise  # configuration problems stop the run
+            except Exception as e:  # noqa: BLE001 - a bad row must not take the shard down
+                failed.append(failure(row.get("id"), f"{type(e).__name__}: {e}", kind="error",
+                                      detail=traceback.format_exc(limit=3)))
+        return out, failed

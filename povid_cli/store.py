@@ -1,0 +1,239 @@
+"""The dataset on disk: `DATA/manifest.json` plus Parquet shards per stage output.
+
+```
+DATA/manifest.json
+DATA/<output>/part-00000.parquet        # e.g. items, hallucinated, distorted, sampled, pairs, dropped
+DATA/failed/<stage>/part-00000.parquet  # rows a stage could not process, with the error
+```
+Every shard carries, in its Parquet key-value metadata, the `povid.key` it was computed for: a hash
+of the stage's config and of the keys of its input shards. A shard whose file exists with the
+expected key is done; anything else is (re)computed. Only the process that holds the dataset lock
+writes the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from . import __version__
+from .errors import NotADatasetError, PovidError
+from .fs import TMP_PREFIX, Location, resolve
+
+MANIFEST = "manifest.json"
+FORMAT = "povid-dataset"
+FORMAT_VERSION = 1
+SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
+KEY_FIELD = "povid.key"
+LOCK = ".lock"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def digest(*parts: Any, n: int = 16) -> str:
+    """Stable short hash of JSON-serialisable parts."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:n]
+
+
+def shard_name(k: int) -> str:
+    return f"part-{k:05d}.parquet"
+
+
+class Dataset:
+    """A povid dataset folder (local or remote)."""
+
+    def __init__(self, root: Location, manifest: dict):
+        self.root = root
+        self.manifest = manifest
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str) -> "Dataset":
+        root = resolve(path)
+        m = root.join(MANIFEST)
+        if not root.exists():
+            raise NotADatasetError(f"{root.url} does not exist")
+        if not m.exists():
+            raise NotADatasetError(f"{root.url} is not a povid dataset (no {MANIFEST}); create one with `povid ingest`")
+        try:
+            manifest = m.read_json()
+        except (ValueError, UnicodeDecodeError) as e:
+            raise NotADatasetError(f"{m.url} is not valid JSON: {e}") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise NotADatasetError(f"{root.url} is not a povid dataset ({MANIFEST} has another format)")
+        return cls(root, manifest)
+
+    @classmethod
+    def open_or_create(cls, path: str) -> "Dataset":
+        """Open DATA, or create it if it is missing or an empty folder. Anything else is refused."""
+        root = resolve(path)
+        if root.join(MANIFEST).exists():
+            return cls.open(path)
+        if root.exists():
+            if not root.is_dir():
+                raise NotADatasetError(f"{root.url} exists and is not a folder; refusing to overwrite it")
+            stray = [n for n in root.listdir() if n != LOCK]
+            if stray:
+                raise NotADatasetError(
+                    f"{root.url} is not empty and is not a povid dataset ({', '.join(stray[:3])}"
+                    f"{', ...' if len(stray) > 3 else ''}); refusing to write into it"
+                )
+        root.makedirs()
+        ds = cls(root, {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "povid_version": __version__,
+            "created": now_iso(),
+            "updated": now_iso(),
+            "stages": {},
+        })
+        ds.save_manifest()
+        return ds
+
+    # -- manifest --------------------------------------------------------------------------------
+    def save_manifest(self) -> None:
+        self.manifest["updated"] = now_iso()
+        self.manifest["povid_version"] = __version__
+        self.root.join(MANIFEST).write_json_atomic(self.manifest)
+
+    def stage_record(self, stage: str) -> dict:
+        return self.manifest.setdefault("stages", {}).setdefault(stage, {})
+
+    # -- shards ----------------------------------------------------------------------------------
+    def output(self, name: str) -> Location:
+        return self.root.join(*name.split("/"))
+
+    def shard(self, output: str, k: int) -> Location:
+        return self.output(output).join(shard_name(k))
+
+    def failed_shard(self, stage: str, k: int) -> Location:
+        return self.shard(f"failed/{stage}", k)
+
+    def shard_ids(self, output: str) -> list[int]:
+        ks = []
+        for name in self.output(output).listdir():
+            m = SHARD_RE.match(name)
+            if m:
+                ks.append(int(m.group(1)))
+        return sorted(ks)
+
+    def has(self, output: str) -> bool:
+        return bool(self.shard_ids(output))
+
+    def shard_key(self, output: str, k: int) -> str | None:
+        loc = self.shard(output, k)
+        if not loc.exists():
+            return None
+        try:
+            return loc.parquet_metadata().get(KEY_FIELD)
+        except (OSError, pa.ArrowInvalid):
+            return None  # unreadable (should not happen with atomic writes): recompute
+
+    def read_shard(self, output: str, k: int, columns: list[str] | None = None) -> pa.Table:
+        return self.shard(output, k).read_parquet(columns=columns)
+
+    def write_shard(self, output: str, k: int, table: pa.Table, key: str, extra: dict[str, str] | None = None) -> None:
+        md = {KEY_FIELD: key, "povid.version": __version__}
+        md.update(extra or {})
+        self.shard(output, k).write_parquet_atomic(table, md)
+
+    def read_all(self, output: str, columns: list[str] | None = None) -> pa.Table | None:
+        """All shards of an output concatenated, or None if there are none."""
+        tables = [self.read_shard(output, k, columns) for k in self.shard_ids(output)]
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="default")
+
+    def clean_tmp(self) -> None:
+        """Remove temporary files left by a killed writer (they are never read)."""
+        if not self.root.is_local:
+            return
+        for dirpath, _, files in os.walk(self.root.path):
+            for f in files:
+                if f.startswith(TMP_PREFIX):
+                    try:
+                        os.remove(os.path.join(dirpath, f))
+                    except OSError:
+                        pass
+
+    # -- locking ---------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Keep a second writer off this dataset. A lock left by a dead process is taken over."""
+        if not self.root.is_local:
+            yield  # object stores have no atomic create; one writer per dataset is the user's job
+            return
+        path = os.path.join(self.root.path, LOCK)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder and _alive(holder):
+                    raise PovidError(
+                        f"{self.root.url} is in use by another povid run (pid {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('since')}); wait for it to finish"
+                    ) from None
+                try:  # stale: its process is gone
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        else:  # pragma: no cover - only under a lock race storm
+            raise PovidError(f"could not take the lock on {self.root.url}")
+        try:
+            yield
+        finally:
+            try:
+                if (_read_lock(path) or {}).get("pid") == me["pid"]:
+                    os.remove(path)
+            except OSError:
+                pass
+
+
+def _read_lock(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        # A lock being written right now reads as empty; give its writer a moment.
+        time.sleep(0.05)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot tell for another machine: assume it is running
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

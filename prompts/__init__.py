@@ -1,0 +1,1 @@
+"""Prompt templates (text files). Loaded with povid_cli.templates.load_prompt(name)."""

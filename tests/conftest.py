@@ -1,0 +1,90 @@
+"""Shared fixtures: the bundled sample, small datasets built in tmp_path, and a CLI runner."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ["POVID_NO_PROGRESS"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "sample"
+
+
+@pytest.fixture
+def sample_dir() -> Path:
+    """The bundled sample: 11 real photos, 22 items in LLaVA format (examples/sample/llava.json)."""
+    return SAMPLE
+
+
+@pytest.fixture
+def cli():
+    """Invoke the povid CLI in-process: cli(["ingest", ...]) -> click Result (exit_code, output, stderr)."""
+    from typer.testing import CliRunner
+
+    from povid_cli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(args, **kw):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kw)
+
+    return invoke
+
+
+@pytest.fixture
+def sample_data(tmp_path, cli) -> Path:
+    """A dataset with the 22 sample items ingested (items only)."""
+    data = tmp_path / "data"
+    r = cli(["ingest", SAMPLE / "llava.json", "-o", data, "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    return data
+
+
+def png_bytes(color=(200, 30, 30), size=(64, 48), mode="RGB") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_items(tmp_path):
+    """Build a dataset from item dicts without ingest: make_items([{"prompt":..., "chosen":...}], shard_size=2)."""
+    import pyarrow as pa
+
+    from povid_cli.schemas import ITEMS
+    from povid_cli.store import Dataset, digest
+    from stages.ingest import image_sha256, item_id
+
+    def build(items: list[dict], shard_size: int = 512, path: Path | None = None) -> Path:
+        path = path or tmp_path / "data"
+        ds = Dataset.open_or_create(str(path))
+        rows = []
+        for i, it in enumerate(items):
+            data = it.get("image_bytes") or png_bytes(((37 * i) % 256, 80, 160))
+            sha = image_sha256(data)
+            prompt = it.get("prompt", "Describe this image in detail.")
+            rows.append({
+                "id": it.get("id") or item_id(sha, prompt), "image": {"bytes": data, "path": f"img{i}.png"},
+                "image_sha256": sha, "width": it.get("width", 64), "height": it.get("height", 48), "prompt": prompt,
+                "chosen": it.get("chosen", "A red square on a blue background."), "has_answer": it.get("has_answer", True),
+                "rejected": it.get("rejected"), "task": it.get("task", "caption"), "objects": it.get("objects"),
+                "source": "test", "source_id": str(i), "turn": 0,
+            })
+        for k in range(0, len(rows), shard_size):
+            chunk = rows[k : k + shard_size]
+            ds.write_shard("items", k // shard_size, pa.Table.from_pylist(chunk, schema=ITEMS),
+                           digest(sorted(r["id"] for r in chunk)))
+        return path
+
+    return build
