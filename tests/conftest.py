@@ -88,3 +88,21 @@ def make_items(tmp_path):
         return path
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """Tiny random VLM folders (tests/tiny_vlms.py): tiny_vlm("qwen2_vl") -> Path, built once per session.
+    Families: llava | qwen2_vl | qwen2_5_vl | idefics3. Skips the test when torch/transformers are missing."""
+    built: dict[str, Path] = {}
+
+    def get(family: str = "qwen2_vl") -> Path:
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
+        if family not in built:
+            from tiny_vlms import build_tiny_vlm
+
+            built[family] = build_tiny_vlm(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return built[family]
+
+    return get
