@@ -1,0 +1,329 @@
+"""`filter`: candidate (chosen, rejected) pairs -> `pairs` (kept) and `dropped` (with a `drop_reason`).
+
+Input: `items`, plus `hallucinated` and `sampled` when present (joined on item_id). Candidates:
+- `text` pairs: every `hallucinated` row, and an item's own `rejected` (POVID / TRL input);
+- `image` pairs: each of the n responses of every `sampled` row (its `variant` is the distortion).
+
+Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, `image`, `variant`,
+`task`, `source`, `source_id`), then `rejected_source` (hallucinated | input | sampled), `rejected_id`
+(the row it came from, `#i` for the i-th sampled response), `model`, `hallucination_types`, and the
+scores: `similarity` (word-level, chosen vs rejected), `n_edits` (changed word spans),
+`hallucinated_objects` (COCO categories in rejected absent from the ground truth, CHAIR-style),
+`changed_attributes` ('yellow->red', '+not', ...), `repetition`, `finish_reason`, `logprob`,
+`duplicate_of`, `judge_verdict`, `judge_reason`. `dropped` has the same columns (its `image` is null:
+join `items` on item_id) plus `drop_reason` (a short stable code) and `drop_detail`.
+
+Scores are stored whatever the decision, so pairs can be re-filtered without running anything again.
+
+Duplicates are found across the whole dataset, keeping the first occurrence in shard order. The
+stage is `sequential`: shards run in order in one process, and for shards already done `observe`
+rebuilds the index from their output, so a cron run that adds a shard never rewrites earlier ones.
+The index lives in the stage instance: make one instance per `run_stage` call (the CLI and synth do).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from povid_cli.errors import RowError, UsageError
+from povid_cli.schemas import PAIRS
+from povid_cli.stage import Batch, Result, Stage, failure
+from povid_cli.store import digest
+
+from . import chair
+from .minhash import DedupIndex
+from .textsim import is_refusal, normalise, repetition, word_diff, words
+
+DROP_REASONS = {
+    "no_chosen": "the item has no ground-truth answer",
+    "empty": "rejected is empty",
+    "identical": "rejected equals chosen after folding case, whitespace and punctuation",
+    "refusal": "rejected is a refusal ('I'm sorry, I can't ...')",
+    "truncated": "generation stopped at max_tokens (finish reason 'length')",
+    "repetition": "degenerate repetition (looping n-grams)",
+    "too_short": "rejected has too few words",
+    "rewritten": "text pair rewritten beyond recognition (similarity below the floor)",
+    "no_hallucination": "no detectable hallucination (object, number, colour, attribute or relation)",
+    "same_content": "image pair says nothing that chosen does not",
+    "off_policy": "log-probability under the clean image below --min-logprob",
+    "duplicate": "same rejected answer as an earlier pair",
+    "near_duplicate": "near-duplicate (MinHash) of an earlier pair's rejected answer",
+    "judge_rejected": "the judge model found no contradiction with the image / ground truth",
+    "judge_unclear": "the judge model's reply could not be read as YES or NO",
+}
+
+SCORE_FIELDS = [
+    ("rejected_source", pa.string()),
+    ("rejected_id", pa.string()),
+    ("model", pa.string()),
+    ("hallucination_types", pa.list_(pa.string())),
+    ("similarity", pa.float64()),
+    ("n_edits", pa.int32()),
+    ("hallucinated_objects", pa.list_(pa.string())),
+    ("changed_attributes", pa.list_(pa.string())),
+    ("repetition", pa.float64()),
+    ("finish_reason", pa.string()),
+    ("logprob", pa.float64()),
+    ("duplicate_of", pa.string()),
+    ("judge_verdict", pa.string()),
+    ("judge_reason", pa.string()),
+]
+PAIRS_OUT = pa.schema(list(PAIRS) + [pa.field(n, t) for n, t in SCORE_FIELDS])
+DROPPED = pa.schema(list(PAIRS_OUT) + [pa.field("drop_reason", pa.string()), pa.field("drop_detail", pa.string())])
+
+DEDUP_SCOPES = ("dataset", "prompt", "item")
+
+# Words that carry no content of their own, for the image-pair "says something new" check.
+_STOP = set("""a an the and or but of to in on at by for with from as is are was were be been being it its this
+that these those there here which who whom whose what where when how why has have had do does did can could will
+would shall should may might must i you he she we they me him her us them my your his our their image picture
+photo photograph shows show showing shown appears appear seems seem see seen visible also very just some any
+other another into onto out up down off than then so such while one""".split())
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Every filter is on by default; each field below tunes or switches one off."""
+
+    min_words: int = 2                 # too_short: fewer words than this (0: off)
+    min_length_ratio: float = 0.2      # too_short: fewer than this x chosen's words (0: off)
+    drop_truncated: bool = True        # truncated: finish reason "length"
+    max_repetition: float = 0.5        # repetition: share of repeated word 3-grams above this (1: off)
+    drop_refusals: bool = True         # refusal
+    drop_identical: bool = True        # identical after normalising case, whitespace, punctuation
+    min_similarity: float = 0.45       # rewritten: text pairs below this word-level similarity (0: off)
+    text_hallucination: bool = True    # no_hallucination: text pairs must carry a detectable one
+    image_hallucination: bool = False  # --require-hallucination: image pairs too
+    image_new_content: bool = True     # same_content: image pairs must say something chosen does not
+    min_logprob: float | None = None   # off_policy: image pairs below this mean token log-prob (None: off)
+    dedup: bool = True                 # duplicate / near_duplicate across the dataset
+    near_dup_threshold: float = 0.9    # estimated Jaccard of word 3-gram sets (1: exact duplicates only)
+    dedup_scope: str = "dataset"       # dataset | prompt | item: where a duplicate counts
+    judge_model: str | None = None     # judge_rejected: an OpenAI-compatible model must confirm a contradiction
+    judge_image: bool = True           # send the image to the judge (a VLM); else the reference answer only
+    judge_max_tokens: int = 64
+    api_base: str | None = field(default=None, metadata={"hash": False})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"hash": False})
+    concurrency: int = field(default=16, metadata={"hash": False})
+    rpm: float | None = field(default=None, metadata={"hash": False})
+    timeout: float = field(default=60.0, metadata={"hash": False})
+    max_retries: int = field(default=5, metadata={"hash": False})
+    cache_dir: str | None = field(default=None, metadata={"hash": False})
+
+    def __post_init__(self):
+        if self.dedup_scope not in DEDUP_SCOPES:
+            raise UsageError(f"--dedup-scope must be one of {', '.join(DEDUP_SCOPES)}, not {self.dedup_scope!r}")
+        if not 0 <= self.min_similarity <= 1 or not 0 < self.near_dup_threshold <= 1:
+            raise UsageError("--min-similarity must be in [0, 1] and --near-dup-threshold in (0, 1]")
+
+
+def pair_id(item_id: str, kind: str, variant: str | None, rejected: str) -> str:
+    return digest(item_id, kind, variant, rejected)
+
+
+def candidates(item: dict, hallucinated: list[dict], sampled: list[dict]) -> list[dict]:
+    """Every (chosen, rejected) candidate of one item, with the item's columns and provenance."""
+    base = {"item_id": item["id"], "prompt": item["prompt"], "chosen": item.get("chosen") or "",
+            "image": item.get("image"), "task": item.get("task"), "source": item.get("source"),
+            "source_id": item.get("source_id"), "_objects": item.get("objects")}
+    out = []
+    if item.get("rejected") is not None:
+        out.append({**base, "kind": "text", "variant": None, "rejected": item["rejected"],
+                    "rejected_source": "input", "rejected_id": item["id"], "model": None})
+    for h in hallucinated:
+        out.append({**base, "kind": "text", "variant": None, "rejected": h.get("rejected") or "",
+                    "rejected_source": "hallucinated", "rejected_id": h["id"], "model": h.get("model"),
+                    "hallucination_types": h.get("hallucination_types"), "_edits": h.get("edits") or []})
+    for s in sampled:
+        finish = s.get("finish_reasons") or []
+        lps = s.get("logprobs") or []
+        for i, text in enumerate(s.get("responses") or []):
+            out.append({**base, "kind": "image", "variant": s.get("variant"), "rejected": text or "",
+                        "rejected_source": "sampled", "rejected_id": f"{s['id']}#{i}", "model": s.get("model"),
+                        "finish_reason": finish[i] if i < len(finish) else None,
+                        "logprob": lps[i] if i < len(lps) else None})
+    for c in out:
+        c["id"] = pair_id(c["item_id"], c["kind"], c["variant"], c["rejected"])
+    return out
+
+
+def _content(ws: list[str]) -> set[str]:
+    objs = set(chair.find_objects(ws))
+    return {chair.singular(w) for w in ws if w not in _STOP and not w.isdigit() and len(w) > 1} | objs
+
+
+def score(c: dict, cfg: FilterConfig) -> tuple[str, str] | None:
+    """Fill the score columns of candidate `c`; return (drop_reason, detail) or None to keep it."""
+    chosen, rejected = c["chosen"], c["rejected"]
+    cw, rw = words(chosen), words(rejected)
+    diff = word_diff(cw, rw)
+    c["similarity"] = round(diff.ratio, 4)
+    c["n_edits"] = diff.n_edits
+    c["hallucinated_objects"] = chair.hallucinated_objects(rw, cw, c.get("_objects"))
+    # Edits the generator declares count when the diff shows them (their content words changed).
+    declared = {w for e in c.get("_edits") or [] for w in words(e.get("to")) + words(e.get("from")) if w not in _STOP}
+    c["changed_attributes"] = chair.changed_attributes(diff.changes(), declared)
+    c["repetition"] = round(repetition(rw), 4)
+    text = c["kind"] == "text"
+
+    if not chosen.strip():
+        return "no_chosen", "the item has no answer to prefer"
+    if not rejected.strip() or not rw:
+        return "empty", ""
+    if cfg.drop_identical and normalise(chosen) == normalise(rejected):
+        return "identical", ""
+    if cfg.drop_refusals and is_refusal(rejected) and not is_refusal(chosen):
+        return "refusal", rejected[:80]
+    if cfg.drop_truncated and c.get("finish_reason") == "length":
+        return "truncated", "finish reason 'length'"
+    if c["repetition"] > cfg.max_repetition:
+        return "repetition", f"{c['repetition']:.2f} of word 3-grams repeated"
+    if len(rw) < cfg.min_words or (cfg.min_length_ratio and len(rw) < cfg.min_length_ratio * len(cw)):
+        return "too_short", f"{len(rw)} words vs {len(cw)} in chosen"
+    if text and c["similarity"] < cfg.min_similarity:
+        return "rewritten", f"similarity {c['similarity']:.2f} < {cfg.min_similarity}"
+    has_h = bool(c["hallucinated_objects"] or c["changed_attributes"])
+    if (cfg.text_hallucination if text else cfg.image_hallucination) and not has_h:
+        return "no_hallucination", f"{diff.n_edits} edit(s), none about objects or attributes"
+    if not text and cfg.image_new_content and not (_content(rw) - _content(cw)):
+        return "same_content", "every content word of rejected is in chosen"
+    if not text and cfg.min_logprob is not None and c.get("logprob") is not None and c["logprob"] < cfg.min_logprob:
+        return "off_policy", f"logprob {c['logprob']:.3f} < {cfg.min_logprob}"
+    return None
+
+
+_YES = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> tuple[str, str]:
+    """('yes' | 'no' | 'unclear', the reason sentence) from a judge reply."""
+    m = _YES.match(text or "")
+    if not m:
+        return "unclear", (text or "").strip()[:200]
+    return m.group(1).lower(), (text or "")[m.end():].strip(" .,:;-\n")[:200]
+
+
+class FilterStage(Stage):
+    name = "filter"
+    reads = ("items",)
+    optional_reads = ("hallucinated", "sampled")
+    writes = ("pairs", "dropped")
+    schemas = {"pairs": PAIRS_OUT, "dropped": DROPPED}
+    Config = FilterConfig
+    batch_size = 512
+    sequential = True  # keep-first duplicate detection needs shards in order, with state
+
+    def __init__(self, config: FilterConfig):
+        super().__init__(config)
+        self.index = DedupIndex(config.near_dup_threshold)
+        self.client = None
+
+    def config_hash(self) -> str:
+        h = super().config_hash()
+        if self.config.judge_model:  # the judge prompt matters only when there is a judge
+            from povid_cli.templates import prompt_hash
+
+            h = digest(h, prompt_hash("filter_judge"))
+        return h
+
+    def setup(self) -> None:
+        if self.config.judge_model:
+            from povid_cli.backends.openai_client import APIConfig, ChatClient
+
+            c = self.config
+            self.client = ChatClient(APIConfig(api_base=c.api_base, api_key_env=c.api_key_env, concurrency=c.concurrency,
+                                               rpm=c.rpm, timeout=c.timeout, max_retries=c.max_retries,
+                                               cache_dir=c.cache_dir), c.judge_model)
+
+    def _scope(self, row: dict) -> str:
+        s = self.config.dedup_scope
+        return "" if s == "dataset" else row["item_id"] if s == "item" else digest(row["prompt"])
+
+    def observe(self, outputs: dict[str, list[dict]]) -> None:
+        """Rebuild the duplicate index from a finished shard: the pairs that passed the dedup check."""
+        if not self.config.dedup:
+            return
+        rows = list(outputs.get("pairs", []))
+        rows += [r for r in outputs.get("dropped", []) if (r.get("drop_reason") or "").startswith("judge_")]
+        for r in rows:
+            self.index.add(r["rejected"], r["id"], self._scope(r))
+
+    def process(self, batch: Batch) -> Result:
+        cfg = self.config
+        hal, smp = batch.by_item("hallucinated"), batch.by_item("sampled")
+        kept: list[dict] = []
+        dropped: list[dict] = []
+        failed: list[dict] = []
+        for item in batch.rows:
+            for c in candidates(item, hal.get(item["id"], []), smp.get(item["id"], [])):
+                try:
+                    verdict = score(c, cfg)
+                except Exception as e:  # noqa: BLE001 - one odd row must not take the shard down
+                    failed.append(failure(c["id"], f"{type(e).__name__}: {e}", kind="error"))
+                    continue
+                if verdict is None and cfg.dedup:
+                    match, sig = self.index.check(c["rejected"], self._scope(c))
+                    if match is not None:
+                        c["duplicate_of"] = match.of
+                        verdict = (match.reason, f"of pair {match.of} (jaccard {match.jaccard:.2f})")
+                    else:
+                        self.index.add(c["rejected"], c["id"], self._scope(c), sig)
+                if verdict is None:
+                    kept.append(c)
+                else:
+                    dropped.append(self._drop(c, *verdict))
+        usage: dict[str, float] = {}
+        if self.client is not None and kept:
+            kept, judged_out, failed_j, usage = self._judge(kept)
+            dropped += judged_out
+            failed += failed_j
+        return Result({"pairs": [_clean(c) for c in kept], "dropped": dropped}, failed, usage)
+
+    def _drop(self, c: dict, reason: str, detail: str) -> dict:
+        row = _clean(c)
+        row["image"] = None  # the clean image lives in items; no need to store it once per dropped row
+        row["drop_reason"], row["drop_detail"] = reason, detail or None
+        return row
+
+    def _judge(self, kept: list[dict]):
+        from povid_cli.backends.openai_client import ChatRequest, ChatResponse, usage_of
+        from povid_cli.images import data_url
+        from povid_cli.templates import render
+
+        before = dict(self.client.usage)
+        reqs = []
+        for c in kept:
+            text = render("filter_judge", prompt=c["prompt"], chosen=c["chosen"], rejected=c["rejected"])
+            content: list[dict] = [{"type": "text", "text": text}]
+            if self.config.judge_image and c.get("image") and c["image"].get("bytes"):
+                content.insert(0, {"type": "image_url", "image_url": {"url": data_url(c["image"]["bytes"])}})
+            reqs.append(ChatRequest([{"role": "user", "content": content}],
+                                    {"temperature": 0, "max_tokens": self.config.judge_max_tokens}))
+        out_kept, out_dropped, failed = [], [], []
+        for c, res in zip(kept, self.client.run(reqs)):
+            if isinstance(res, RowError) or not isinstance(res, ChatResponse):
+                failed.append(failure(c["id"], f"judge: {res}", kind=getattr(res, "kind", "error"),
+                                      retryable=getattr(res, "retryable", False)))
+                continue
+            verdict, reason = parse_verdict(res.texts[0] if res.texts else "")
+            c["judge_verdict"], c["judge_reason"] = verdict, reason
+            if verdict == "yes":
+                out_kept.append(c)
+            else:
+                code = "judge_rejected" if verdict == "no" else "judge_unclear"
+                out_dropped.append(self._drop(c, code, reason))
+        return out_kept, out_dropped, failed, usage_of(self.client, before)
+
+
+_COLUMNS = [f.name for f in PAIRS_OUT]
+
+
+def _clean(c: dict) -> dict:
+    return {k: c.get(k) for k in _COLUMNS}
+
+
+__all__ = ["FilterConfig", "FilterStage", "DROP_REASONS", "PAIRS_OUT", "DROPPED", "pair_id", "candidates",
+           "score", "parse_verdict"]
