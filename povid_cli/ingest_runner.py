@@ -56,7 +56,7 @@ def _read_bytes(rec: Record) -> bytes:
         return f.read()
 
 
-def _as_task_dict(rec: Record, data: bytes, sha: str, iid: str) -> dict:
+def _as_task_dict(rec: Record, data: bytes | None, sha: str, iid: str) -> dict:
     d = asdict(rec)
     d.pop("image_bytes", None)
     d.update(bytes=data, image_sha256=sha, id=iid)
@@ -67,6 +67,7 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
            progress=None) -> IngestRun:
     """Add the new records of `sources` to `ds` (the caller holds ds.lock())."""
     t0 = time.perf_counter()
+    started = now_iso()
     run = IngestRun()
     ds.clean_tmp()
     instances: dict[str, list[str]] = {}
@@ -76,13 +77,11 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     seen = set(existing.column("id").to_pylist()) if existing is not None else set()
 
     failures: list[dict] = []
-    scanned_details: set[str] = set()
     candidates: list[tuple[Record, str, str]] = []
     for src in sources:
         for rec in read_source(src, config.image_root, config.prompt, instances):
             run.scanned += 1
             det = _detail(rec)
-            scanned_details.add(det)
             if rec.error:
                 failures.append(failure(None, f"{rec.source}{'#' + rec.source_id if rec.source_id else ''}: {rec.error}",
                                         kind=rec.error_kind, detail=det))
@@ -113,7 +112,9 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     def tasks():
         for c, chunk in enumerate(chunks):
             for b in range(0, len(chunk), BATCH):
-                batch = [_as_task_dict(r, _read_bytes(r), sha, iid) for r, sha, iid in chunk[b : b + BATCH]]
+                # Files are read again by the worker (not shipped through the pool's pipes); embedded
+                # images (Parquet sources) travel with the task.
+                batch = [_as_task_dict(r, r.image_bytes, sha, iid) for r, sha, iid in chunk[b : b + BATCH]]
                 yield (c, b // BATCH, len(batch)), (batch, config)
 
     parts: dict[int, dict[int, tuple]] = {}
@@ -133,19 +134,19 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
             failures.extend(failed_c)
             if rows_c:
                 k = start + c
-                table = pa.Table.from_pylist(rows_c, schema=ITEMS)
+                table = items_table(rows_c)
                 ds.write_shard("items", k, table, digest(sorted(r["id"] for r in rows_c)))
                 rec_shards[f"{k:05d}"] = {"rows": {"items": len(rows_c)}, "failed": len(failed_c), "finished": now_iso()}
                 run.shards.append(k)
                 run.new += len(rows_c)
                 ds.save_manifest()
     finally:
-        _write_failures(ds, failures, scanned_details)
+        _write_failures(ds, failures, sources)
         run.failed = len(failures)
         run.failures = failures
         run.seconds = time.perf_counter() - t0
         rec = ds.stage_record("ingest")
-        last = {"started": now_iso(), "seconds": round(run.seconds, 3), "scanned": run.scanned, "new": run.new,
+        last = {"started": started, "seconds": round(run.seconds, 3), "scanned": run.scanned, "new": run.new,
                 "already": run.already, "failed": run.failed, "shards": run.shards, "limit": limit}
         rec["last_run"] = last
         rec["runs"] = (rec.get("runs", []) + [last])[-50:]
@@ -153,10 +154,43 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     return run
 
 
-def _write_failures(ds: Dataset, failures: list[dict], scanned: set[str]) -> None:
-    """failed/ingest holds the current failures: earlier ones whose record was not scanned again, plus this run's."""
+def items_table(rows: list[dict]) -> pa.Table:
+    """rows -> an ITEMS table, the image bytes as one buffer. `from_pylist` grows the Arrow binary buffer
+    row by row, which in a fresh process costs ~8x more (0.58 s vs 0.07 s for 300 640x480 JPEGs)."""
+    import numpy as np
+
+    datas = [r["image"]["bytes"] for r in rows]
+    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in datas], out=offsets[1:])
+    if offsets[-1] >= 2**31 - 1:  # > 2 GiB in one shard: let pyarrow chunk it
+        return pa.Table.from_pylist(rows, schema=ITEMS)
+    data = pa.Array.from_buffers(pa.binary(), len(datas), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                          pa.py_buffer(b"".join(datas))])
+    image = pa.StructArray.from_arrays([data, pa.array([r["image"]["path"] for r in rows], pa.string())],
+                                       fields=list(ITEMS.field("image").type))
+    table = pa.Table.from_pylist([{**r, "image": None} for r in rows], schema=ITEMS)
+    i = ITEMS.get_field_index("image")
+    return table.set_column(i, ITEMS.field(i), image)
+
+
+def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> None:
+    """failed/ingest holds the current failures: this run's, plus earlier ones from sources not read again.
+
+    A source read again replaces all its earlier failures (a fixed file, or one deleted from a folder,
+    leaves failed/ingest)."""
+    import os
+
+    roots = [os.path.abspath(os.path.expanduser(s.removeprefix("file://"))) for s in sources]
+
+    def read_again(row: dict) -> bool:
+        try:
+            src = json.loads(row.get("detail") or "{}").get("source")
+        except ValueError:
+            return False
+        return bool(src) and any(src == r or src.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
     prev = ds.read_all("failed/ingest")
-    kept = [r for r in (prev.to_pylist() if prev is not None else []) if r.get("detail") not in scanned]
+    kept = [r for r in (prev.to_pylist() if prev is not None else []) if not read_again(r)]
     rows = kept + [{**f, "stage": "ingest"} for f in failures]
     loc = ds.shard("failed/ingest", 0)
     if rows:

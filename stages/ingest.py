@@ -39,15 +39,31 @@ def detail(rec: dict) -> str:
     return json.dumps({"source": rec.get("source"), "source_id": rec.get("source_id"), "image": rec.get("image_name")})
 
 
+def _read_again(rec: dict) -> bytes:
+    """The bytes of a file that the runner hashed when it scanned the sources (same path, checked inside
+    the image root then); a file changed since would not match its id."""
+    try:
+        with open(rec["image_path"], "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise RowError(f"image cannot be read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})",
+                       kind="missing_image", retryable=True) from None
+    if image_sha256(data) != rec["image_sha256"]:
+        raise RowError("the file changed while it was being ingested; run ingest again", kind="changed",
+                       retryable=True)
+    return data
+
+
 def normalise_records(records: list[dict], config: IngestConfig) -> tuple[list[dict], list[dict]]:
     """Decode, check and normalise each record's image; good ones become item rows, bad ones failures."""
     rows, failed = [], []
     for rec in records:
         try:
-            norm = normalise(rec["bytes"], config.max_pixels)
+            data = rec["bytes"] if rec.get("bytes") is not None else _read_again(rec)
+            norm = normalise(data, config.max_pixels)
         except RowError as e:
             failed.append(failure(rec.get("id"), f"{rec.get('image_name') or rec.get('source')}: {e}",
-                                  kind=e.kind, detail=detail(rec)))
+                                  kind=e.kind, retryable=e.retryable, detail=detail(rec)))
             continue
         except Exception as e:  # noqa: BLE001 - any decoder crash is a bad image, not a crashed run
             failed.append(failure(rec.get("id"), f"{rec.get('image_name')}: {type(e).__name__}: {e}",

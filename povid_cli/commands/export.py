@@ -1,0 +1,60 @@
+"""`povid export DATA -o OUT --format trl|povid|llava|sharegpt`"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ..app import Limit, Verbose, command, console, make_progress, out
+
+
+@command("export")
+def export_cmd(
+    data: Annotated[str, typer.Argument(help="The povid dataset (local path or URL).", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="The export folder (local path or URL). Replaced atomically if it holds an earlier export.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="trl (Parquet for trl.DPOTrainer) | povid (POVID repo JSON) | llava (chosen answers) | sharegpt (chosen/rejected JSON).")] = "trl",
+    kind: Annotated[str, typer.Option("--kind", help="Which pairs: text (hallucinate), image (distort + sample) or all.")] = "all",
+    limit: Limit = None,
+    verbose: Verbose = 0,
+):
+    """Write DATA's preference pairs in a format training code reads.
+
+    Reads DATA/pairs (what `povid filter` kept); before filter has run, items that came with a ready
+    rejected answer (POVID JSON, TRL Parquet) are exported as text pairs. OUT is written beside
+    itself and swapped in only when complete, so a job reading the previous export never sees half
+    of a new one. Each export is recorded in DATA/manifest.json (see `povid status`).
+
+    Formats:
+
+      trl       OUT/train-NNNNN.parquet: images (list of images), prompt/chosen/rejected as
+                conversations, kind, id, item_id, source, source_id, task.
+                datasets.load_dataset("parquet", data_dir=OUT) feeds trl.DPOTrainer directly.
+
+      povid     OUT/povid.json (conversations + rejected_conversations, as in the POVID repo)
+                and OUT/images/.
+
+      llava     OUT/llava.json with the chosen answers (one record per item) and OUT/images/.
+
+      sharegpt  OUT/sharegpt.json (conversations, chosen, rejected, images) and OUT/images/.
+
+    Examples:
+
+      povid export data -o data-trl --format trl
+
+      povid export data -o s3://bucket/povid-text --format trl --kind text
+
+      povid export data -o povid-json --format povid --limit 100
+    """
+    from ..exporter import export_dataset
+    from ..store import Dataset
+
+    ds = Dataset.open(data)
+    with ds.lock():
+        with make_progress() as progress:
+            s = export_dataset(ds, output, fmt.lower(), kind=kind.lower(), limit=limit, progress=progress)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
+    what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
+    console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))
+    out.print(escape(s["path"]))
