@@ -126,8 +126,10 @@ def execute_stage(data: str, stage, *, workers: int | None = None, limit: int | 
         try:
             with make_progress() as progress:
                 run = run_stage(ds, stage, ex, limit=limit, retry_failed=retry_failed, progress=progress)
-        finally:
-            ex.close()
+        except BaseException:
+            ex.terminate()  # Ctrl-C / SIGTERM / an error: stop the workers now, not after their batches
+            raise
+        ex.close()
     report_run(ds, run)
     return run
 

@@ -206,8 +206,9 @@ def run_stage(ds: Dataset, stage: Stage, executor=None, *, limit: int | None = N
     rec["input_hash"] = digest(sorted((p.k, sorted(p.input_keys.items())) for p in todo + done))
     shards_rec = rec.setdefault("shards", {})
 
-    if stage.sequential or stage.max_workers == 1 or executor is None:
-        executor = InlineExecutor()
+    remote = getattr(executor, "remote", False)
+    if stage.sequential or executor is None or (stage.max_workers == 1 and not remote):
+        executor = InlineExecutor()  # on Ray, max_workers=1 stages still go out: one model per actor
     ref = _stage_ref(stage)
     _STAGES[_cache_key(ref, stage.config)] = stage  # inline runs reuse this instance
 
@@ -276,7 +277,8 @@ def _run_parallel(ds, stage, ref, todo, executor, progress, task_id, finish) -> 
             for i, b in enumerate(batches):
                 yield (p.k, i, len(b.rows)), (ref, stage.config, b)
 
-    for (k, i, n_rows), result in executor.imap_unordered(process_batch, tasks(), stage.resources):
+    extra = {"max_workers": stage.max_workers} if getattr(executor, "remote", False) else {}
+    for (k, i, n_rows), result in executor.imap_unordered(process_batch, tasks(), stage.resources, **extra):
         st = state[k]
         st["parts"][i] = result
         if task_id is not None:

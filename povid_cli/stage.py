@@ -111,6 +111,7 @@ class Stage:
     schemas: ClassVar[dict[str, pa.Schema]]
     Config: ClassVar[type]
     prompts: ClassVar[tuple[str, ...]] = ()  # prompt templates whose hash is part of the config hash
+    version: ClassVar[str] = "1"  # bump when the stage's logic changes its output: done shards re-run
     batch_size: ClassVar[int | None] = 32  # None: the whole shard at once (engines that schedule themselves)
     max_workers: ClassVar[int | None] = None  # 1 for stages that hold one model per process
     resources: ClassVar[dict[str, float]] = {}  # e.g. {"num_gpus": 1} for the ray executor
@@ -125,7 +126,7 @@ class Stage:
         return dataclasses.asdict(self.config)
 
     def config_hash(self) -> str:
-        return digest(self.name, hashed_fields(self.config), {p: prompt_hash(p) for p in self.prompts})
+        return digest(self.name, self.version, hashed_fields(self.config), {p: prompt_hash(p) for p in self.prompts})
 
     # -- lifecycle -------------------------------------------------------------------------------
     def ensure_ready(self) -> None:

@@ -174,10 +174,72 @@ class Dataset:
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Keep a second writer off this dataset. A lock left by a dead process is taken over."""
+        """Keep a second writer off this dataset; a lock left by a dead process is taken over.
+
+        Local folders use flock(2) on DATA/.lock: the kernel drops the lock when its holder dies (even
+        by SIGKILL), so a stale lock can never block a run and two runs can never both take over a
+        stale one. The file records who holds it, for the message the second run prints. The manifest
+        is re-read once the lock is held, so a run never writes back what it read before another
+        run finished.
+        """
         if not self.root.is_local:
             yield  # object stores have no atomic create; one writer per dataset is the user's job
             return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            with self._lock_excl():
+                self._reload_manifest()
+                yield
+            return
+        path = os.path.join(self.root.path, LOCK)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                holder = _read_lock(path) or {}
+                raise PovidError(
+                    f"{self.root.url} is in use by another povid run (pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('since', '?')}); wait for it to finish"
+                ) from None
+            # The holder before us may have removed the file between our open and our flock: then we
+            # locked an orphaned inode, and must lock the file that is there now.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        try:
+            self._reload_manifest()
+            yield
+        finally:
+            try:
+                os.remove(path)  # while still holding it: a waiter then sees a different inode
+            except OSError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: forked workers share the open file
+            os.close(fd)
+
+    def _reload_manifest(self) -> None:
+        m = self.root.join(MANIFEST)
+        if m.exists():
+            try:
+                fresh = m.read_json()
+            except (ValueError, UnicodeDecodeError):
+                return
+            if isinstance(fresh, dict) and fresh.get("format") == FORMAT:
+                self.manifest.clear()
+                self.manifest.update(fresh)
+
+    @contextmanager
+    def _lock_excl(self) -> Iterator[None]:  # pragma: no cover - platforms without fcntl
         path = os.path.join(self.root.path, LOCK)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
         for _ in range(3):
@@ -198,7 +260,7 @@ class Dataset:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             break
-        else:  # pragma: no cover - only under a lock race storm
+        else:
             raise PovidError(f"could not take the lock on {self.root.url}")
         try:
             yield
