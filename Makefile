@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install install-all demo test test-core test-vllm bench clean
+.PHONY: help install install-all demo test test-core test-vllm bench clean browser-deps
 
 help:
 	@echo "make demo       install the core and run the offline pipeline on examples/sample"
@@ -39,14 +39,16 @@ install-all: $(VENV)/.all
 
 demo: $(VENV)/.core
 	rm -rf demo-data
-	$(BIN)/povid synth examples/sample -o demo-data --export trl --export-dir demo-data/export/trl
+	$(BIN)/povid synth examples/sample/llava.json -o demo-data --export trl --export-dir demo-data/export/trl
 	$(BIN)/povid status demo-data
 
 # What the tests marked `browser` need (report rendering in headless chromium).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: browser tests will be skipped"; \
-	  else echo "not root: install chromium to run the browser tests"; fi; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser tests will be skipped"; \
+	  else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; fi; }
 
 test-core: $(VENV)/.all browser-deps
 	$(BIN)/python -m pytest -m "not vllm and not gpu" $(PYTEST_ARGS)
