@@ -41,7 +41,7 @@ log = logging.getLogger("povid")
 # -- shared options ------------------------------------------------------------------------------------
 Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="Log what happens (-vv: debug).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process only the first N rows (to try things out).")]
-Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Parallel worker processes [default: number of cores].")]
+Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Parallel worker processes \\[default: number of cores].")]
 Executor = Annotated[str, typer.Option("--executor", help="Where batches run: local (processes on this machine) or ray.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (ray://host:10001 or auto); default: a local Ray.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run again the rows that failed for any reason, not only transient ones.")]

@@ -8,7 +8,17 @@ from .app import app
 
 # One module per command in povid_cli/commands/; each registers itself with @command.
 COMMAND_MODULES = (
+    "synth",
+    "init",
     "ingest",
+    "hallucinate",
+    "distort",
+    "sample",
+    "filter",
+    "export",
+    "train",
+    "status",
+    "report",
 )
 
 for _name in COMMAND_MODULES:

@@ -106,3 +106,16 @@ def tiny_vlm(tmp_path_factory):
         return built[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_vlm, tmp_path_factory):
+    """One `vllm serve` of the tiny Qwen2.5-VL for the whole session: (base URL, model path).
+
+    The model answers to its path and to the name "tiny"."""
+    pytest.importorskip("vllm")
+    from vllm_serve import vllm_serve
+
+    model = tiny_vlm("qwen2_5_vl")
+    with vllm_serve(model, tmp_path_factory.mktemp("vllm-serve"), names=("tiny",)) as url:
+        yield url, model

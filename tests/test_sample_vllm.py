@@ -9,26 +9,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
 
 from test_sample import PROMPTS, distorted_data, rows  # noqa: F401 - distorted_data is a fixture
+from vllm_serve import VLLM_ENV
 
 pytestmark = pytest.mark.vllm
-
-VLLM_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",          # GiB of KV cache on CPU
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # do not pin threads to cores (the machine is shared)
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine core: loads in seconds
-    "VLLM_NO_USAGE_STATS": "1",
-    "HF_HUB_OFFLINE": "1",
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,47 +89,6 @@ def test_vllm_samples_n_answers_fails_only_the_rows_it_refuses_and_resumes(tiny_
     assert len(failed) == 1 and "maximum context length" in failed[0]["error"] and not failed[0]["retryable"]
     r = cli(args)  # nothing to redo: the refused row stays failed until its input or the settings change
     assert r.exit_code == 0 and "1 already done" in r.output
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def vllm_server(tiny_vlm, tmp_path):
-    """`vllm serve` (the OpenAI-compatible server) for the tiny Qwen2.5-VL on 127.0.0.1; stopped after."""
-    model = tiny_vlm("qwen2_5_vl")
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    env = {**os.environ, **VLLM_ENV, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("vllm serve did not come up in 300 s")
-                time.sleep(1)
-        yield url, model
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_openai_backend_against_vllm_serve(vllm_server, distorted_data, cli, tmp_path):

@@ -51,7 +51,7 @@ def distort_cmd(
     data: Annotated[str, typer.Argument(help="The dataset folder (local path or URL) with items.", show_default=False)],
     method: Annotated[Optional[list[str]], typer.Option(
         "--method", "-m", metavar="NAME[:k=v,...]",
-        help="Distortion to apply; repeat for several variants per item. See --list-methods. [default: diffusion (t=500)]",
+        help="Distortion to apply; repeat for several variants per item. See --list-methods. \\[default: diffusion (t=500)]",
         show_default=False)] = None,
     size: Annotated[int, typer.Option("--size", min=0, help="Resize so the short side is N pixels first (the model's input size: 336 for LLaVA-1.5); 0 keeps the original size.")] = 336,
     square: Annotated[bool, typer.Option("--square", help="Pad to a square of the CLIP mean colour first, as LLaVA-1.5's processor does: the stored image is then exactly the model's input.")] = False,

@@ -14,8 +14,8 @@ from ..app import Limit, Verbose, Workers, command, console, make_progress
 def ingest_cmd(
     sources: Annotated[list[str], typer.Argument(help="Image folders, LLaVA/POVID JSON(L), COCO captions/instances JSON, or TRL Parquet files.", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The dataset folder (local path or URL such as s3://bucket/data). Created if missing.")],
-    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Folder that image paths in annotation files are relative to [default: the annotation file's folder].")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt for images from a folder or COCO captions [default: 'Describe this image in detail.'].")] = None,
+    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Folder that image paths in annotation files are relative to \\[default: the annotation file's folder].")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt for images from a folder or COCO captions \\[default: 'Describe this image in detail.'].")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Items per shard: the unit of work, resume and parallelism.")] = 512,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels than this (decompression bombs).")] = 89_478_485,
     workers: Workers = None,

@@ -66,7 +66,7 @@ def sample_cmd(
     dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")] = "auto",
     tensor_parallel: Annotated[int, typer.Option("--tensor-parallel", "--tp", min=1, help="vllm: GPUs to shard the model over.")] = 1,
     max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", min=16, help="vllm: context length to reserve KV cache for [the model's].")] = None,
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="openai: response cache folder [default: DATA/cache/sample].", show_default=False)] = None,
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="openai: response cache folder \\[default: DATA/cache/sample].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (same data + seed + backend = same answers).")] = 0,
     logprobs: Annotated[bool, typer.Option("--logprobs", help="Also store each answer's mean token log-prob under the CLEAN image (how on-policy a pair is; used by filter).")] = False,
     limit: Limit = None,

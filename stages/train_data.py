@@ -1,0 +1,235 @@
+"""What `povid train` feeds to TRL: pair rows read from a povid dataset or a TRL Parquet export, checked
+against the model's token budget, split into train / eval per kind.
+
+Input (either):
+- a povid dataset folder with `pairs` (schema `PAIRS`: prompt, chosen, rejected as strings, `image`, `kind`);
+- TRL Parquet (a file or a folder of them, e.g. `povid export --format trl`): `images` (list of image structs)
+  or `image`, `prompt` / `chosen` / `rejected` in conversational form (or plain strings), optional `kind`.
+
+Output rows (what `trl.DPOTrainer` takes for VLMs, one image per row):
+`images` [{bytes, path}], `prompt` [{role: user, content: str}], `chosen` / `rejected` [{role: assistant,
+content: str}], `kind`. TRL puts the image placeholder into the first user turn itself.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from povid_cli.errors import PovidError
+
+log = logging.getLogger("povid.train")
+
+KINDS = ("text", "image", "all")
+MIN_IMAGE_SIDE = 28  # the smallest patch grid any supported vision tower accepts (2 x 14 px)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_pairs(path: str) -> list[dict]:
+    """Pair rows (see module docstring) from a povid dataset or TRL Parquet file/folder."""
+    from povid_cli.fs import resolve
+
+    root = resolve(path)
+    if not root.exists():
+        raise PovidError(f"{root.url} does not exist")
+    if root.is_dir() and root.join("manifest.json").exists():
+        from povid_cli.store import Dataset
+
+        ds = Dataset.open(path)
+        table = ds.read_all("pairs")
+        if table is None:
+            raise PovidError(f"{root.url} has no pairs yet: run `povid filter {path}` (or `povid synth`) first")
+        return [_from_povid(r) for r in table.to_pylist()]
+    files = _parquet_files(root)
+    if not files:
+        raise PovidError(f"{root.url} is neither a povid dataset (no manifest.json) nor TRL Parquet (no .parquet files)")
+    tables = [f.read_parquet() for f in files]
+    table = pa.concat_tables(tables, promote_options="default")
+    names = set(table.column_names)
+    missing = {"prompt", "chosen", "rejected"} - names
+    if missing or not names & {"images", "image"}:
+        need = sorted(missing) + ([] if names & {"images", "image"} else ["images"])
+        raise PovidError(f"{files[0].url} is not TRL preference Parquet: missing column(s) {', '.join(need)}")
+    return [_from_trl(r) for r in table.to_pylist()]
+
+
+def _parquet_files(root) -> list:
+    if not root.is_dir():
+        return [root] if root.path.endswith(".parquet") else []
+    out = []
+    for name in root.listdir():
+        loc = root.join(name)
+        if name.endswith(".parquet") and not name.startswith("."):
+            out.append(loc)
+        elif loc.is_dir() and not name.startswith("."):
+            out.extend(_parquet_files(loc))
+    return out
+
+
+def _text(content) -> str:
+    """Message content (a string or a list of {type, text} parts) as plain text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+
+
+def _messages(value, role: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": _text(m.get("content"))} for m in value]
+
+
+def _image(img) -> dict:
+    if isinstance(img, dict):
+        data = img.get("bytes")
+        if data is None and img.get("path"):
+            with open(img["path"], "rb") as f:
+                data = f.read()
+        return {"bytes": data, "path": img.get("path")}
+    raise PovidError(f"unsupported image value {type(img).__name__}")
+
+
+def _from_povid(r: dict) -> dict:
+    return {"images": [_image(r["image"])], "prompt": _messages(r["prompt"], "user"),
+            "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
+            "kind": r.get("kind") or "text"}
+
+
+def _from_trl(r: dict) -> dict:
+    imgs = r.get("images")
+    if imgs is None and r.get("image") is not None:
+        imgs = [r["image"]]
+    return {"images": [_image(i) for i in imgs or []], "prompt": _messages(r["prompt"], "user"),
+            "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
+            "kind": r.get("kind") or "text"}
+
+
+def select_kind(rows: list[dict], kind: str, source: str) -> list[dict]:
+    if kind not in KINDS:
+        raise PovidError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    out = rows if kind == "all" else [r for r in rows if r["kind"] == kind]
+    if not out:
+        have = sorted({r["kind"] for r in rows})
+        raise PovidError(f"{source} has no {'' if kind == 'all' else kind + ' '}pairs"
+                         + (f" (it has: {', '.join(have)})" if have else ""))
+    return out
+
+
+# -- the token budget ------------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """What the token-budget check did."""
+
+    max_length: int | None
+    fit: int = 0
+    resized: int = 0
+    skipped: int = 0
+    unreadable: int = 0
+    longest: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"token budget (max length {self.max_length}): {self.fit} rows fit, {self.resized} resized down, "
+                f"{self.skipped} skipped (too long even with a {MIN_IMAGE_SIDE}px image)"
+                + (f", {self.unreadable} skipped (unreadable image)" if self.unreadable else ""))
+
+
+def _decode(data: bytes):
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    return im.convert("RGB")
+
+
+def row_length(collator, row: dict, images: list | None = None) -> int:
+    """Tokens of the longer of (prompt + image tokens + chosen) and (prompt + image tokens + rejected),
+    exactly as TRL's vision collator builds them (untruncated)."""
+    ex = {"images": images if images is not None else [_decode(i["bytes"]) for i in row["images"]],
+          "prompt": [dict(m) for m in row["prompt"]], "chosen": [dict(m) for m in row["chosen"]],
+          "rejected": [dict(m) for m in row["rejected"]]}
+    out = collator.torch_call([ex])
+    return int(out["attention_mask"].sum(dim=1).max())
+
+
+def fit_to_budget(rows: list[dict], processor, max_length: int | None, progress=None) -> tuple[list[dict], Budget]:
+    """Keep rows whose full sequence fits in max_length; shrink the image of those that do not (dynamic-resolution
+    processors then emit fewer image tokens), skip what still does not fit. TRL would otherwise truncate
+    the sequence, and truncating image tokens crashes the forward ("Image features and image tokens do not match")."""
+    budget = Budget(max_length)
+    if max_length is None:
+        budget.fit = len(rows)
+        return rows, budget
+    from PIL import Image
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from povid_cli.images import encode
+
+    collator = DataCollatorForVisionPreference(processor=processor, max_length=None)
+    kept = []
+    for row in rows:
+        try:
+            images = [_decode(i["bytes"]) for i in row["images"]]
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds; the row is unusable either way
+            budget.unreadable += 1
+            log.warning("skipping a pair with an unreadable image: %s", e)
+            continue
+        n = row_length(collator, row, images)
+        budget.longest = max(budget.longest, n)
+        if n <= max_length:
+            kept.append(row)
+            budget.fit += 1
+        else:
+            while n > max_length and images and min(images[0].size) * 3 // 4 >= MIN_IMAGE_SIDE:
+                images = [im.resize((max(MIN_IMAGE_SIDE, im.width * 3 // 4), max(MIN_IMAGE_SIDE, im.height * 3 // 4)),
+                                    Image.BICUBIC) for im in images]
+                smaller = row_length(collator, row, images)
+                if smaller >= n:  # a fixed-resolution processor: the image always costs the same
+                    break
+                n = smaller
+            if n <= max_length:
+                kept.append({**row, "images": [{"bytes": encode(im), "path": None} for im in images]})
+                budget.resized += 1
+            else:
+                budget.skipped += 1
+                if len(budget.skipped_examples) < 3:
+                    budget.skipped_examples.append(f"{n} tokens: {_text(row['prompt'][-1]['content'])[:60]!r}")
+        if progress is not None:
+            progress(1)
+    return kept, budget
+
+
+# -- splitting -------------------------------------------------------------------------------------
+def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Hold out `fraction` of each kind (at least one row of a kind with 2+ rows) for evaluation."""
+    if fraction <= 0:
+        return rows, {}
+    rng = random.Random(seed)
+    train, evals = [], {}
+    for kind in sorted({r["kind"] for r in rows}):
+        group = [r for r in rows if r["kind"] == kind]
+        idx = list(range(len(group)))
+        rng.shuffle(idx)
+        n = min(len(group) - 1, max(1, round(fraction * len(group)))) if len(group) > 1 else 0
+        held = set(idx[:n])
+        if n:
+            evals[kind] = [group[i] for i in sorted(held)]
+        train.extend(group[i] for i in range(len(group)) if i not in held)
+    return train, evals
+
+
+def to_hf(rows: list[dict]):
+    """A `datasets.Dataset` whose `images` column decodes to PIL images (what TRL's collator wants)."""
+    import datasets
+
+    msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    features = datasets.Features({
+        "images": datasets.List(datasets.Image()), "prompt": msg, "chosen": msg, "rejected": msg,
+        "kind": datasets.Value("string"),
+    })
+    return datasets.Dataset.from_list(rows, features=features)
