@@ -13,7 +13,7 @@ number, colour, size, material, position, relation or negation word is a changed
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
+from povid_cli import coco
 
 from .textsim import words
 
@@ -55,13 +55,8 @@ ATTRIBUTE_WORDS = NUMBERS | COLOURS | SIZES | MATERIALS | STATES | POSITIONS | N
 @lru_cache(maxsize=1)
 def synonyms() -> dict[tuple[str, ...], str]:
     """(word, ...) -> COCO category, from the bundled synonym list."""
-    text = resources.files("povid_cli").joinpath("data/coco_synonyms.txt").read_text(encoding="utf-8")
     out: dict[tuple[str, ...], str] = {}
-    for line in text.splitlines():
-        names = [n.strip().lower() for n in line.split(",") if n.strip()]
-        if not names:
-            continue
-        category = names[0]
+    for category, names in coco.categories():
         for n in names:
             out.setdefault(tuple(n.split()), category)
     for phrase, cat in _NOT_OBJECTS.items():

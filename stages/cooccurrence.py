@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
+from povid_cli import coco
 
 CO_OCCUR: dict[str, list[str]] = {
     "person": ["dog", "backpack", "handbag", "umbrella", "cell phone", "bicycle"],
@@ -204,13 +204,8 @@ def kind(cat: str) -> str:
 @lru_cache(maxsize=1)
 def synonyms() -> dict[str, str]:
     """Surface form (singular and plural, lower case) -> COCO category, from povid_cli/data/coco_synonyms.txt."""
-    text = resources.files("povid_cli").joinpath("data/coco_synonyms.txt").read_text(encoding="utf-8")
     out: dict[str, str] = {}
-    for line in text.splitlines():
-        names = [n.strip().lower() for n in line.split(",") if n.strip()]
-        if not names:
-            continue
-        cat = names[0]
+    for cat, names in coco.categories():
         for n in names:
             if n in AMBIGUOUS and n != cat:
                 continue
