@@ -141,8 +141,10 @@ def model_family(model: str) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from povid_cli.backends.families import FAMILIES, supported_line
+    from povid_cli.backends.families import FAMILIES, looks_like_path, supported_line
 
+    if looks_like_path(model):
+        raise PovidError(f"model folder {model} does not exist")
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as e:

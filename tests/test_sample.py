@@ -156,6 +156,12 @@ def test_unsupported_model_family_is_one_clear_line(distorted_data, cli, tmp_pat
     assert not (distorted_data / "sampled").exists()
 
 
+def test_a_missing_model_folder_is_named_without_asking_the_hub(distorted_data, cli, tmp_path):
+    r = cli(["sample", distorted_data, "--model", tmp_path / "no-such-model", "--backend", "transformers"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [f"error: model folder {tmp_path / 'no-such-model'} does not exist"]
+
+
 def test_detect_family_from_a_config_dict_or_object():
     from types import SimpleNamespace
 

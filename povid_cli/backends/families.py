@@ -46,6 +46,11 @@ def _model_type(config: Any) -> str | None:
     return getattr(config, "model_type", None)
 
 
+def looks_like_path(model: str) -> bool:
+    """A local path that is missing (a hub id is `name` or `org/name`, never absolute or ./relative)."""
+    return not os.path.exists(model) and (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1)
+
+
 def load_config(model: str) -> dict:
     """config.json of a local folder or of a hub model (from the local HF cache when offline)."""
     path = os.path.join(model, "config.json")
@@ -54,6 +59,8 @@ def load_config(model: str) -> dict:
             raise UnsupportedModelError(f"{model} has no config.json: is it a Hugging Face model folder?")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    if looks_like_path(model):
+        raise UnsupportedModelError(f"model folder {model} does not exist")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - comes with transformers
