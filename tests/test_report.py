@@ -138,7 +138,7 @@ def test_report_renders_and_filters_in_headless_chromium(filtered, cli, tmp_path
 @pytest.mark.browser
 def test_report_filters_follow_the_selects_driven_over_devtools(filtered, cli, tmp_path):
     """Drive the page like a person: change the selects (DevTools protocol), read what is shown, screenshot."""
-    aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (from the [ray] extra) drives chromium over DevTools")
+    aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (from the [dev] extra) drives chromium over DevTools")
     import asyncio
     import base64
     import json

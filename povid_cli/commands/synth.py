@@ -97,7 +97,7 @@ def print_summary(result, plan) -> None:
             notes.append(f"{s.stage}: {s.note}")
     e = result.export
     if e is not None:
-        t.add_row(f"export", "-", "0" if e.get("skipped") else str(e.get("rows", 0)), str(e.get("rows", 0)),
+        t.add_row("export", "-", "0" if e.get("skipped") else str(e.get("rows", 0)), str(e.get("rows", 0)),
                   "0", "-", f"{e.get('seconds', 0):.1f}s", "-")
         what = e.get("note") or ("unchanged since the last run" if e.get("skipped") else "written")
         notes.append(f"export ({e['format']}): {what}: {e['path']}")
