@@ -5,7 +5,7 @@
 Makes N distinct 640x480 JPEGs (crops of the bundled sample photos), ingests them (not timed), then in
 the same run times:
 - baseline: one process decoding each JPEG with PIL and encoding it as PNG (zlib level 1, as
-  povid_cli.images.encode does), at the original 640x480 size: what any tool storing these images in
+  povid_cli.core.images.encode does), at the original 640x480 size: what any tool storing these images in
   the stage's output format must at least do;
 - `povid distort DATA` as a user runs it (a subprocess: start-up, reading and writing Parquet included),
   default method (diffusion t=500), default --size 336, default workers (= cores).
@@ -128,7 +128,7 @@ def main() -> None:
 
     t = pq.read_table(data / "distorted", columns=["image"])
     out_bytes = sum(len(x["bytes"]) for x in t.column("image").to_pylist())
-    from povid_cli.executors import default_workers
+    from povid_cli.core.executors import default_workers
 
     result = {
         "benchmark": "distort",

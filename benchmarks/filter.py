@@ -30,12 +30,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from povid_cli.runner import run_stage  # noqa: E402
-from povid_cli.schemas import ITEMS, SAMPLED  # noqa: E402
-from povid_cli.store import Dataset, digest  # noqa: E402
+from povid_cli.core.runner import run_stage  # noqa: E402
+from povid_cli.core.schemas import ITEMS, SAMPLED  # noqa: E402
+from povid_cli.core.store import Dataset, digest  # noqa: E402
 from stages.filter import FilterConfig, FilterStage  # noqa: E402
 from stages.hallucinate import HallucinateConfig, HallucinateStage  # noqa: E402
-from stages.ingest import image_sha256, item_id  # noqa: E402
+from povid_cli.ingest.normalise import image_sha256, item_id  # noqa: E402
 
 ADJ = ["quiet", "sunny", "old", "busy", "modern", "small", "wide", "green", "distant", "bright"]
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO / "tests"))
 def make_items(path: Path, n: int) -> None:
     import pyarrow as pa
 
-    from povid_cli.images import encode
-    from povid_cli.schemas import ITEMS
-    from povid_cli.store import Dataset, digest
+    from povid_cli.core.images import encode
+    from povid_cli.core.schemas import ITEMS
+    from povid_cli.core.store import Dataset, digest
     from PIL import Image
 
     ds = Dataset.open_or_create(str(path))

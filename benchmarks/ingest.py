@@ -103,8 +103,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "povid_cli", "ingest", str(one), "-o", str(Path(tmp) / f"one{rep}")],
                            cwd=REPO, env=env, capture_output=True, check=True)
             startups.append(time.perf_counter() - t0)
-        from povid_cli.executors import default_workers
-        from povid_cli.store import Dataset
+        from povid_cli.core.executors import default_workers
+        from povid_cli.core.store import Dataset
 
         n_items = Dataset.open(str(data)).read_all("items", columns=["id"]).num_rows
     loop_s, ingest_s = min(loops), min(ingests)

@@ -52,12 +52,12 @@ def replicate(folder: Path, copies: int) -> Path:
 
 
 def one_by_one(src: str, data: str, workers: int) -> dict[str, float]:
-    from povid_cli.executors import make_executor
-    from povid_cli.exporter import export_dataset
-    from povid_cli.ingest_runner import ingest
-    from povid_cli.pipeline import resolve
-    from povid_cli.runner import run_stage
-    from povid_cli.store import Dataset
+    from povid_cli.core.executors import make_executor
+    from povid_cli.export.job import export_dataset
+    from povid_cli.ingest.job import ingest
+    from povid_cli.synth.pipeline import resolve
+    from povid_cli.core.runner import run_stage
+    from povid_cli.core.store import Dataset
 
     plan = resolve({}, [src], {"workers": workers}, data=data)
     times = {}
@@ -81,7 +81,7 @@ def one_by_one(src: str, data: str, workers: int) -> dict[str, float]:
 
 
 def end_to_end(src: str, data: str, workers: int) -> float:
-    from povid_cli.pipeline import resolve, run_synth
+    from povid_cli.synth.pipeline import resolve, run_synth
 
     plan = resolve({}, [src], {"workers": workers}, data=data)
     t0 = time.perf_counter()
@@ -98,8 +98,8 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="keep the data in this folder")
     args = ap.parse_args()
 
-    from povid_cli.executors import default_workers
-    from povid_cli.store import Dataset
+    from povid_cli.core.executors import default_workers
+    from povid_cli.core.store import Dataset
 
     workers = args.workers or default_workers()
     root = Path(args.keep or tempfile.mkdtemp(prefix="povid-bench-synth-"))

@@ -4,7 +4,7 @@
     python benchmarks/train.py --family llava --full
     python benchmarks/train.py --arch 2b --bf16 --steps 50 --batch-size 4     # on a GPU: random-init Qwen2-VL-2B
 
-Each side runs in its own subprocess (clean peak-memory figures): `povid` calls `stages.train.run_train`
+Each side runs in its own subprocess (clean peak-memory figures): `povid` calls `povid_cli.train.trainer.run_train`
 on a povid dataset; `trl` is the script a TRL user writes: `load_dataset("parquet")` of the same pairs
 exported with `povid export --format trl` + `DPOTrainer(processing_class=processor, peft_config=...)`.
 Figures are the training loop only (Trainer's train_runtime), so povid's one-off token-budget check is
@@ -70,7 +70,7 @@ def build_data(out: Path, n: int, size: int = 112) -> tuple[Path, Path]:
     import pyarrow.parquet as pq
     from test_train import make_pairs, pair_rows
 
-    from stages.export import TRL, hf_features, to_trl
+    from povid_cli.export.formats import TRL, hf_features, to_trl
 
     rows = pair_rows(n, kinds=("image",), size=size)
     data = make_pairs(out / "data", rows)
@@ -119,7 +119,7 @@ def worker(a) -> dict:
     bf16 = bool(a.bf16)
     t0 = time.perf_counter()
     if a.worker == "povid":
-        from stages.train import TrainConfig, run_train
+        from povid_cli.train.trainer import TrainConfig, run_train
 
         cfg = TrainConfig(data=a.data, model=a.model, output=a.out, schedule="mixed", loss=a.loss, lora_r=a.lora_r,
                           lora_alpha=2 * a.lora_r, full=a.full, learning_rate=1e-4, max_steps=a.steps,
@@ -132,7 +132,7 @@ def worker(a) -> dict:
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from trl import DPOConfig, DPOTrainer
 
-        from stages.train import lora_targets
+        from povid_cli.train.trainer import lora_targets
 
         ds = datasets.load_dataset("parquet", data_files=a.data, split="train")
         model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16 if bf16 else torch.float32)

@@ -1,3 +1,5 @@
 """povid: hallucination-aware preference data for vision-language models (POVID) and DPO training."""
 
-__version__ = "0.1.0"
+from povid_cli.core.version import __version__
+
+__all__ = ["__version__"]

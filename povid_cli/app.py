@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import PovidError
+from povid_cli.core.errors import PovidError
 
 app = typer.Typer(
     name="povid",
@@ -116,9 +116,9 @@ def make_progress():
 def execute_stage(data: str, stage, *, workers: int | None = None, limit: int | None = None,
                   executor: str = "local", ray_address: str | None = None, retry_failed: bool = False):
     """Open DATA, take its lock, run one stage with a progress bar, print a summary; exit 1 if rows failed."""
-    from .executors import make_executor
-    from .runner import run_stage
-    from .store import Dataset
+    from povid_cli.core.executors import make_executor
+    from povid_cli.core.runner import run_stage
+    from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
     with ds.lock():
@@ -135,7 +135,7 @@ def execute_stage(data: str, stage, *, workers: int | None = None, limit: int | 
 
 
 def report_run(ds, run) -> None:
-    from .runner import summarize_failures
+    from povid_cli.core.runner import summarize_failures
 
     console.print(escape(run.line()))
     if run.failed:
@@ -148,7 +148,7 @@ def report_run(ds, run) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from povid_cli import __version__
 
         out.print(f"povid {__version__}")
         raise typer.Exit()

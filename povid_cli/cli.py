@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .app import app
+from povid_cli.app import app
 
 # One module per command in povid_cli/commands/; each registers itself with @command.
 COMMAND_MODULES = (

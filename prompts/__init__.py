@@ -1,1 +1,1 @@
-"""Prompt templates (text files). Loaded with povid_cli.templates.load_prompt(name)."""
+"""Prompt templates (text files). Loaded with povid_cli.core.templates.load_prompt(name)."""

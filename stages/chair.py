@@ -13,9 +13,9 @@ number, colour, size, material, position, relation or negation word is a changed
 from __future__ import annotations
 
 from functools import lru_cache
-from povid_cli import coco
+from povid_cli.core import coco
 
-from .textsim import words
+from stages.textsim import words
 
 # Phrases that contain a synonym but name something else.
 _NOT_OBJECTS = {

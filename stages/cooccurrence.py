@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from povid_cli import coco
+from povid_cli.core import coco
 
 CO_OCCUR: dict[str, list[str]] = {
     "person": ["dog", "backpack", "handbag", "umbrella", "cell phone", "bicycle"],

@@ -35,11 +35,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from povid_cli.errors import RowError, UsageError
-from povid_cli.schemas import DISTORTED
-from povid_cli.stage import Batch, Result, Stage, failure
+from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.schemas import DISTORTED
+from povid_cli.core.stage import Batch, Result, Stage, failure
 
-from . import distortions
+from stages import distortions
 
 FORMATS = ("png", "jpeg")
 log = logging.getLogger("povid.distort")
@@ -92,7 +92,7 @@ def decode(data: bytes | None):
     if not truncated_jpeg:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if arr is None:  # a format cv2 cannot read, or a broken file: PIL decides and explains
-        from povid_cli.images import open_image, to_rgb
+        from povid_cli.core.images import open_image, to_rgb
 
         return np.asarray(to_rgb(open_image(data)), dtype=np.uint8)
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -115,7 +115,7 @@ def pad_square(rgb):
     """LLaVA-1.5's expand2square: centre the image on a square of the CLIP mean colour (122, 116, 104)."""
     import numpy as np
 
-    from .diffusion import CLIP_MEAN
+    from stages.diffusion import CLIP_MEAN
 
     h, w = rgb.shape[:2]
     if h == w:

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from povid_cli.errors import UsageError
+from povid_cli.core.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,7 +110,7 @@ class Method:
 def _diffusion(rgb: np.ndarray, p: dict, seed: int) -> np.ndarray:
     import numpy as np
 
-    from . import diffusion
+    from stages import diffusion
 
     # PCG64 seeded per image; float32 ziggurat normals: fast and identical on every platform.
     return diffusion.noise_pixels(rgb, p["t"], np.random.default_rng(seed))
@@ -338,7 +338,7 @@ def compressible(method: str, params: dict) -> bool:
     """
     if method != "diffusion":
         return True
-    from .diffusion import coefficients
+    from stages.diffusion import coefficients
 
     return coefficients(params["t"])[1] < 0.4
 

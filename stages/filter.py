@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from povid_cli.errors import RowError, UsageError
-from povid_cli.schemas import PAIRS
-from povid_cli.stage import Batch, Result, Stage, failure
-from povid_cli.store import digest
+from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.schemas import PAIRS
+from povid_cli.core.stage import Batch, Result, Stage, failure
+from povid_cli.core.store import digest
 
-from . import chair
-from .minhash import DedupIndex
-from .textsim import is_refusal, normalise, repetition, word_diff, words
+from stages import chair
+from stages.minhash import DedupIndex
+from stages.textsim import is_refusal, normalise, repetition, word_diff, words
 
 DROP_REASONS = {
     "no_chosen": "the item has no ground-truth answer",
@@ -224,7 +224,7 @@ class FilterStage(Stage):
     def config_hash(self) -> str:
         h = super().config_hash()
         if self.config.judge_model:  # the judge prompt matters only when there is a judge
-            from povid_cli.templates import prompt_hash
+            from povid_cli.core.templates import prompt_hash
 
             h = digest(h, prompt_hash("filter_judge"))
         return h
@@ -290,8 +290,8 @@ class FilterStage(Stage):
 
     def _judge(self, kept: list[dict]):
         from povid_cli.backends.openai_client import ChatRequest, ChatResponse, usage_of
-        from povid_cli.images import data_url
-        from povid_cli.templates import render
+        from povid_cli.core.images import data_url
+        from povid_cli.core.templates import render
 
         before = dict(self.client.usage)
         reqs = []

@@ -23,12 +23,12 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from povid_cli.errors import RowError, UsageError
-from povid_cli.schemas import HALLUCINATED
-from povid_cli.stage import Batch, Result, Stage, failure
+from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.schemas import HALLUCINATED
+from povid_cli.core.stage import Batch, Result, Stage, failure
 
-from .hallucinate_rules import VERSION as RULES_VERSION
-from .hallucinate_rules import COLORS, NUMBERS, POSITION, RELATIONS, SIZE_STATE, hallucinate, is_yes_no, mentions
+from stages.hallucinate_rules import VERSION as RULES_VERSION
+from stages.hallucinate_rules import COLORS, NUMBERS, POSITION, RELATIONS, SIZE_STATE, hallucinate, is_yes_no, mentions
 
 BACKENDS = ("rules", "openai")
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -153,14 +153,14 @@ class HallucinateStage(Stage):
         return result
 
     def _prompt_version(self) -> str:
-        from povid_cli.templates import prompt_hash
+        from povid_cli.core.templates import prompt_hash
 
         h = "+".join(prompt_hash(p)[:8] for p in self.prompts)
         return f"hallucinate@{h}" + ("+json" if self.config.structured else "")
 
     def _request(self, row: dict):
         from povid_cli.backends.openai_client import ChatRequest
-        from povid_cli.templates import load_prompt, render
+        from povid_cli.core.templates import load_prompt, render
 
         c = self.config
         formats = dict(line.split(": ", 1) for line in load_prompt("hallucinate_format").strip().splitlines())
@@ -169,7 +169,7 @@ class HallucinateStage(Stage):
                       format=formats["JSON" if c.structured else "PLAIN"])
         content: str | list = text
         if c.send_image:
-            from povid_cli.images import data_url
+            from povid_cli.core.images import data_url
 
             image = (row.get("image") or {}).get("bytes")
             if not image:

@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .cooccurrence import (ADJECTIVE_USES, CO_OCCUR, FALLBACK_EXTRA, SCENE, SIBLINGS, TEMPLATES, article, display,
+from stages.cooccurrence import (ADJECTIVE_USES, CO_OCCUR, FALLBACK_EXTRA, SCENE, SIBLINGS, TEMPLATES, article, display,
                            kind, mention_pattern, pluralize, synonyms, with_article)
 
 VERSION = "rules-v1"

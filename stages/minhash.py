@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .textsim import normalise
+from stages.textsim import normalise
 
 _PRIME = np.uint64((1 << 61) - 1)
 _MAX = np.uint64((1 << 32) - 1)

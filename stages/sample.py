@@ -19,9 +19,9 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from povid_cli.errors import RowError, UsageError
-from povid_cli.schemas import SAMPLED
-from povid_cli.stage import Batch, Result, Stage, failure
+from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.schemas import SAMPLED
+from povid_cli.core.stage import Batch, Result, Stage, failure
 
 NOHASH = {"hash": False}  # settings that change speed or transport, never the answers
 

@@ -62,9 +62,9 @@ def make_items(tmp_path):
     """Build a dataset from item dicts without ingest: make_items([{"prompt":..., "chosen":...}], shard_size=2)."""
     import pyarrow as pa
 
-    from povid_cli.schemas import ITEMS
-    from povid_cli.store import Dataset, digest
-    from stages.ingest import image_sha256, item_id
+    from povid_cli.core.schemas import ITEMS
+    from povid_cli.core.store import Dataset, digest
+    from povid_cli.ingest.normalise import image_sha256, item_id
 
     def build(items: list[dict], shard_size: int = 512, path: Path | None = None) -> Path:
         path = path or tmp_path / "data"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from povid_cli.errors import RowError
-from povid_cli.schemas import DISTORTED, HALLUCINATED, PAIRS
-from povid_cli.stage import Result, Stage
+from povid_cli.core.errors import RowError
+from povid_cli.core.schemas import DISTORTED, HALLUCINATED, PAIRS
+from povid_cli.core.stage import Result, Stage
 
 DROPPED = pa.schema(list(PAIRS) + [pa.field("drop_reason", pa.string())])
 
@@ -137,14 +137,14 @@ TOY_REFS = {
 
 
 def use_toy_stages(monkeypatch) -> None:
-    from povid_cli import pipeline
+    from povid_cli.synth import pipeline
 
     monkeypatch.setattr(pipeline, "STAGE_REFS", dict(TOY_REFS))
 
 
 if __name__ == "__main__":  # python tests/synth_toy.py synth SRC -o DATA ...
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from povid_cli import pipeline
+    from povid_cli.synth import pipeline
     from povid_cli.cli import app
 
     pipeline.STAGE_REFS.update(TOY_REFS)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

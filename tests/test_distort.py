@@ -165,7 +165,7 @@ def test_jpeg_storage_option(make_items, cli):
 
 
 def test_side_by_side_png_of_original_and_distorted(sample_data, cli, tmp_path):
-    from povid_cli.sidebyside import side_by_side_for_item
+    from povid_cli.report.sidebyside import side_by_side_for_item
 
     assert cli(["distort", sample_data, "-m", "diffusion", "-m", "blur", "--limit", "2", "-w", "1"]).exit_code == 0
     item_id = read(sample_data)[0]["item_id"]

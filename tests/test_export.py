@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from povid_cli import exporter
-from povid_cli.schemas import PAIRS
-from povid_cli.store import Dataset
-from stages import export as conv
+from povid_cli.export import job as exporter
+from povid_cli.core.schemas import PAIRS
+from povid_cli.core.store import Dataset
+from povid_cli.export import formats as conv
 
 
 @pytest.fixture

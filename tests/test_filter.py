@@ -6,8 +6,8 @@ import os
 
 import pyarrow as pa
 
-from povid_cli.schemas import HALLUCINATED, SAMPLED
-from povid_cli.store import Dataset
+from povid_cli.core.schemas import HALLUCINATED, SAMPLED
+from povid_cli.core.store import Dataset
 
 IRONING = ("A man in a yellow shirt is ironing clothes on an ironing board attached to the back of a "
            "yellow taxi on a city street. Tall buildings line the street.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from povid_cli.store import KEY_FIELD, Dataset
+from povid_cli.core.store import KEY_FIELD, Dataset
 
 
 def test_sample_rules_pairs_are_kept_and_planted_bad_rows_dropped_with_the_right_reason(sample_data, cli):

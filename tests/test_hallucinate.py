@@ -8,7 +8,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 from stages.hallucinate import HallucinateConfig, HallucinateStage, diff_edits
 from stages.hallucinate_rules import hallucinate
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fake_openai import FakeOpenAI
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 

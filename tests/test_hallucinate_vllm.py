@@ -12,7 +12,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 
 
 def items(data: Path) -> list[dict]:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from povid_cli.images import decode_rgb
-from povid_cli.store import Dataset
+from povid_cli.core.images import decode_rgb
+from povid_cli.core.store import Dataset
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 

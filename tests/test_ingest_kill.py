@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from povid_cli.store import Dataset
-from stages.ingest import item_id
-from stages.ingest_sources import DEFAULT_PROMPT
+from povid_cli.core.store import Dataset
+from povid_cli.ingest.normalise import item_id
+from povid_cli.ingest.sources import DEFAULT_PROMPT
 
 REPO = Path(__file__).resolve().parent.parent
 N = 400

@@ -8,7 +8,7 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from povid_cli.backends.openai_client import APIConfig, ChatClient, ChatRequest, ChatResponse, is_refusal
-from povid_cli.errors import PovidError, RowError
+from povid_cli.core.errors import PovidError, RowError
 
 
 def req(text: str, **params) -> ChatRequest:

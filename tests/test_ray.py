@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pytest
 
-from povid_cli.executors import InlineExecutor, RayExecutor
-from povid_cli.runner import run_stage
-from povid_cli.stage import Result, Stage
-from povid_cli.store import Dataset
+from povid_cli.core.executors import InlineExecutor, RayExecutor
+from povid_cli.core.runner import run_stage
+from povid_cli.core.stage import Result, Stage
+from povid_cli.core.store import Dataset
 from synth_toy import ToyHallucinate, ToyHallucinateConfig, use_toy_stages
 
 pytestmark = pytest.mark.ray
@@ -59,7 +59,7 @@ class Broken(Where):
     resources = {}
 
     def setup(self):
-        from povid_cli.errors import PovidError
+        from povid_cli.core.errors import PovidError
 
         raise PovidError("the model folder has no config.json")
 
@@ -100,7 +100,7 @@ def test_a_gpu_stage_runs_in_an_actor_that_holds_a_gpu(local_ray, make_items, tm
 
 
 def test_a_stage_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(local_ray, make_items):
-    from povid_cli.errors import UsageError
+    from povid_cli.core.errors import UsageError
 
     class Greedy(Where):
         resources = {"num_gpus": 4}
@@ -115,7 +115,7 @@ def test_a_stage_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(loca
 
 
 def test_a_setup_error_in_a_ray_worker_is_the_same_one_line_error(local_ray, make_items):
-    from povid_cli.errors import PovidError
+    from povid_cli.core.errors import PovidError
 
     data = make_items(_items(2))
     ex = RayExecutor()

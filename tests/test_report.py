@@ -12,8 +12,8 @@ import pytest
 from conftest import png_bytes
 from test_filter import CAT, COFFEE, IRONING, item_ids, write_hallucinated, write_sampled
 
-from povid_cli.schemas import DISTORTED
-from povid_cli.store import Dataset
+from povid_cli.core.schemas import DISTORTED
+from povid_cli.core.store import Dataset
 
 EVIL = '<script>alert("x")</script> & "quotes"'
 GREEN = (0, 200, 0)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pytest
 
-from povid_cli.errors import RowError
-from povid_cli.executors import LocalExecutor
-from povid_cli.runner import run_stage
-from povid_cli.stage import Result, Stage
-from povid_cli.store import Dataset
+from povid_cli.core.errors import RowError
+from povid_cli.core.executors import LocalExecutor
+from povid_cli.core.runner import run_stage
+from povid_cli.core.stage import Result, Stage
+from povid_cli.core.store import Dataset
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(make_items):
     import json
     import os
 
-    from povid_cli.errors import PovidError
+    from povid_cli.core.errors import PovidError
 
     data = make_items(_items(1))
     ds = Dataset.open(str(data))

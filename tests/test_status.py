@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from povid_cli.errors import RowError
-from povid_cli.runner import run_stage
-from povid_cli.stage import Result, Stage
-from povid_cli.store import Dataset
+from povid_cli.core.errors import RowError
+from povid_cli.core.runner import run_stage
+from povid_cli.core.stage import Result, Stage
+from povid_cli.core.store import Dataset
 
 
 @dataclass(frozen=True)

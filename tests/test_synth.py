@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from povid_cli.store import Dataset
+from povid_cli.core.store import Dataset
 from synth_toy import use_toy_stages
 
 OUTPUTS = ("items", "hallucinated", "distorted", "pairs")

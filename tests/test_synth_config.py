@@ -7,9 +7,9 @@ import tomllib
 
 import pytest
 
-from povid_cli.config_file import load
-from povid_cli.pipeline import resolve
-from povid_cli.store import Dataset
+from povid_cli.synth.config_file import load
+from povid_cli.synth.pipeline import resolve
+from povid_cli.core.store import Dataset
 from synth_toy import use_toy_stages
 
 
@@ -92,7 +92,7 @@ def test_a_bad_config_file_is_one_clear_line_and_exit_2(cli, tmp_path, sample_di
 
 
 def test_a_missing_config_file_is_a_usage_error(tmp_path):
-    from povid_cli.errors import UsageError
+    from povid_cli.core.errors import UsageError
 
     with pytest.raises(UsageError, match="does not exist"):
         load(str(tmp_path / "nope.toml"))

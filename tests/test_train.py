@@ -49,8 +49,8 @@ def make_pairs(path: Path, rows: list[dict]) -> Path:
     """A povid dataset holding only `pairs` (what `povid filter` writes)."""
     import pyarrow as pa
 
-    from povid_cli.schemas import PAIRS
-    from povid_cli.store import Dataset, digest
+    from povid_cli.core.schemas import PAIRS
+    from povid_cli.core.store import Dataset, digest
 
     ds = Dataset.open_or_create(str(path))
     ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS), digest([r["id"] for r in rows]))
@@ -62,7 +62,7 @@ def make_trl_parquet(path: Path, rows: list[dict]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stages.export import TRL, to_trl
+    from povid_cli.export.formats import TRL, to_trl
 
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(to_trl(rows), schema=TRL), path / "train.parquet")
@@ -211,7 +211,7 @@ def test_resume_continues_from_checkpoint(tmp_path, cli, tiny_vlm):
 def test_token_budget_resizes_dynamic_images_and_skips_fixed_ones(tiny_vlm):
     from transformers import AutoProcessor
 
-    from stages.train_data import fit_to_budget, read_pairs, row_length  # noqa: F401
+    from povid_cli.train.data import fit_to_budget, read_pairs, row_length  # noqa: F401
 
     rows = [{"images": [{"bytes": shape_png("red", 112), "path": None}],
              "prompt": [{"role": "user", "content": "What colour is the shape in the image?"}],
@@ -248,7 +248,7 @@ def test_too_long_rows_do_not_crash_training(tmp_path, cli, tiny_vlm):
 
 # -- inputs -----------------------------------------------------------------------------------------
 def test_reads_povid_pairs_and_trl_parquet_alike(tmp_path):
-    from stages.train_data import read_pairs
+    from povid_cli.train.data import read_pairs
 
     rows = pair_rows(4)
     a = read_pairs(str(make_pairs(tmp_path / "data", rows)))
@@ -261,7 +261,7 @@ def test_reads_povid_pairs_and_trl_parquet_alike(tmp_path):
 
 
 def test_eval_split_holds_out_each_kind():
-    from stages.train_data import split_eval
+    from povid_cli.train.data import split_eval
 
     rows = [{"kind": "text", "i": i} for i in range(20)] + [{"kind": "image", "i": i} for i in range(3)]
     train, evals = split_eval(rows, 0.1, seed=0)
@@ -274,7 +274,7 @@ def test_noise_follows_the_diffusion_schedule():
     import torch
 
     from stages.diffusion import coefficients
-    from stages.povid_loss import add_noise_torch
+    from povid_cli.train.losses import add_noise_torch
 
     x = torch.full((2, 3, 64, 64), 0.5)
     y = add_noise_torch(x, 500, torch.Generator().manual_seed(0))
@@ -321,7 +321,7 @@ def test_no_pairs_of_the_asked_kind(tmp_path, cli, tiny_vlm):
     r = cli(["train", data, "--model", tiny_vlm("qwen2_vl"), "-o", tmp_path / "out"])  # povid schedule: stage 2
     assert r.exit_code == 1 and "no image pairs" in r.output and "--schedule mixed" in r.output
     empty = tmp_path / "empty"
-    from povid_cli.store import Dataset
+    from povid_cli.core.store import Dataset
 
     Dataset.open_or_create(str(empty))
     r = cli(["train", empty, "--model", tiny_vlm("qwen2_vl"), "-o", tmp_path / "out"])
@@ -347,8 +347,8 @@ def test_povid_rejected_is_the_argmax_under_the_noised_image(tmp_path, tiny_vlm,
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig
 
-    from stages.povid_loss import PovidDPOTrainer, add_noise_torch
-    from stages.train_data import _from_povid, to_hf
+    from povid_cli.train.losses import PovidDPOTrainer, add_noise_torch
+    from povid_cli.train.data import _from_povid, to_hf
 
     model_dir = tiny_vlm(family)
     ds = to_hf([_from_povid(r) for r in pair_rows(4)])
@@ -423,7 +423,7 @@ def test_full_finetuning_schedule_uses_stage1_as_reference(tmp_path, cli, tiny_v
 def test_unreadable_images_are_skipped_and_counted(tiny_vlm):
     from transformers import AutoProcessor
 
-    from stages.train_data import _from_povid, fit_to_budget
+    from povid_cli.train.data import _from_povid, fit_to_budget
 
     rows = [_from_povid(r) for r in pair_rows(3)]
     rows[1]["images"][0]["bytes"] = b"not an image"

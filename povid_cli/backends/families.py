@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from ..errors import PovidError
+from povid_cli.core.errors import PovidError
 
 # model_type -> the name users see. Each is tested with a tiny random model (tests/tiny_vlms.py),
 # through transformers and vLLM.

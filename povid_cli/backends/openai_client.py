@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import PovidError, RowError
+from povid_cli.core.errors import PovidError, RowError
 
 log = logging.getLogger("povid.openai")
 
@@ -201,7 +201,7 @@ class ChatClient:
                                  "(or point --api-base at a local server, which needs none)")
             key = PLACEHOLDER_KEY
         self._key = key
-        from ..errors import require
+        from povid_cli.core.errors import require
 
         require("openai", "openai")  # imported here, once, not inside the timed request loop
         # the http library of this openai version logs under its own names; keep it as quiet as httpx

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..errors import RowError, UsageError
+from povid_cli.core.errors import RowError, UsageError
 
 # name -> (module, class). Modules are imported only when the backend is used.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -91,7 +91,7 @@ def decode_images(datas: Iterable[bytes], pool: ThreadPoolExecutor | None = None
 
     A bad image becomes a RowError in its slot instead of failing the batch.
     """
-    from ..images import decode_rgb
+    from povid_cli.core.images import decode_rgb
 
     def one(data: bytes):
         try:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RowError, UsageError
-from ..images import data_url
-from .openai_client import APIConfig, ChatClient, ChatRequest, ChatResponse, usage_of
-from .vlm import Sampling, VLMOutput, VLMRequest
+from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.images import data_url
+from povid_cli.backends.openai_client import APIConfig, ChatClient, ChatRequest, ChatResponse, usage_of
+from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest
 
 
 class OpenAIBackend:

@@ -10,9 +10,9 @@ import logging
 import math
 from typing import Any
 
-from ..errors import PovidError, RowError, require
-from .families import chat_prompt, detect_family
-from .vlm import Sampling, VLMOutput, VLMRequest, decode_images
+from povid_cli.core.errors import PovidError, RowError, require
+from povid_cli.backends.families import chat_prompt, detect_family
+from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest, decode_images
 
 log = logging.getLogger("povid.sample.transformers")
 

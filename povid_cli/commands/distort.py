@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import Executor, Limit, RayAddress, RetryFailed, Verbose, Workers, command, execute_stage, out
+from povid_cli.app import Executor, Limit, RayAddress, RetryFailed, Verbose, Workers, command, execute_stage, out
 
 
 HELP = """Distort each item's image into DATA/distorted (POVID's diffusion noise by default).

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..app import Limit, Verbose, command, console, make_progress, out
+from povid_cli.app import Limit, Verbose, command, console, make_progress, out
 
 
 @command("export")
@@ -47,8 +47,8 @@ def export_cmd(
 
       povid export data -o povid-json --format povid --limit 100
     """
-    from ..exporter import export_dataset
-    from ..store import Dataset
+    from povid_cli.export.job import export_dataset
+    from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
     with ds.lock():

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import Limit, RetryFailed, Verbose, command, console, execute_stage
+from povid_cli.app import Limit, RetryFailed, Verbose, command, console, execute_stage
 
 _T = "Tuning"
 _J = "Judge (optional)"
@@ -67,9 +67,9 @@ def filter_cmd(
 
       povid filter data --judge Qwen/Qwen2-VL-7B-Instruct --api-base http://127.0.0.1:8000/v1
     """
-    from ..errors import UsageError
-    from ..fs import resolve
-    from ..store import Dataset
+    from povid_cli.core.errors import UsageError
+    from povid_cli.core.fs import resolve
+    from povid_cli.core.store import Dataset
     from stages.filter import FilterConfig, FilterStage
 
     ds = Dataset.open(data)

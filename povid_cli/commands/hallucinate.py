@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import Executor, Limit, RayAddress, RetryFailed, Verbose, Workers, command, execute_stage
+from povid_cli.app import Executor, Limit, RayAddress, RetryFailed, Verbose, Workers, command, execute_stage
 
 HELP = """Write hallucinated (dispreferred) answers into DATA/hallucinated: POVID's first kind of rejected answer.
 
@@ -39,7 +39,7 @@ def _help() -> str:
 
 def default_cache_dir(data: str) -> str:
     """DATA/cache/hallucinate for a local dataset; a per-user folder for one on s3:// or gs://."""
-    from ..fs import is_url
+    from povid_cli.core.fs import is_url
 
     if is_url(data):
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

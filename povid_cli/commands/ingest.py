@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..app import Limit, Verbose, Workers, command, console, make_progress
+from povid_cli.app import Limit, Verbose, Workers, command, console, make_progress
 
 
 @command("ingest")
@@ -35,10 +35,10 @@ def ingest_cmd(
 
       povid ingest photos/ --prompt "Describe this image in detail." -o data
     """
-    from ..executors import make_executor
-    from ..ingest_runner import check_sources, ingest
-    from ..store import Dataset
-    from stages.ingest import IngestConfig
+    from povid_cli.core.executors import make_executor
+    from povid_cli.ingest.job import check_sources, ingest
+    from povid_cli.core.store import Dataset
+    from povid_cli.ingest.normalise import IngestConfig
 
     check_sources(sources)
     cfg = IngestConfig(image_root=image_root, prompt=prompt, shard_size=shard_size, max_pixels=max_pixels)

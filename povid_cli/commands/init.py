@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..app import Verbose, command, console
+from povid_cli.app import Verbose, command, console
 
 
 @command("init")
@@ -28,7 +28,7 @@ def init_cmd(
 
       povid init configs/nightly.toml --force
     """
-    from ..config_file import write_example
+    from povid_cli.synth.config_file import write_example
 
     write_example(path, force=force)
     console.print(f"wrote {escape(path)}: edit it, then `povid synth SRC -o DATA --config {escape(path)}`")

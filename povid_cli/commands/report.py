@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..app import Verbose, command, console, make_progress, out
+from povid_cli.app import Verbose, command, console, make_progress, out
 
 _SKIP = {"image"}
 
@@ -37,10 +37,10 @@ def report_cmd(
     """
     import datetime as dt
 
-    from ..errors import PovidError
-    from ..fs import resolve
-    from ..store import Dataset
-    from stages.report import Summary, render, select, thumbnail
+    from povid_cli.core.errors import PovidError
+    from povid_cli.core.fs import resolve
+    from povid_cli.core.store import Dataset
+    from povid_cli.report.html import Summary, render, select, thumbnail
 
     ds = Dataset.open(data)
     if not ds.has("items"):

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import Limit, RetryFailed, Verbose, command, execute_stage
+from povid_cli.app import Limit, RetryFailed, Verbose, command, execute_stage
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="vllm (in-process vllm.LLM), transformers (generate; the CPU fallback) or openai (an OpenAI-compatible server such as `vllm serve`). auto: vllm when it is installed and a GPU is there, else transformers.")]
 
@@ -15,7 +15,7 @@ def _default_cache_dir(data: str) -> str:
     """DATA/cache/sample for a local dataset; a per-user folder for one on s3:// or gs://."""
     import os
 
-    from ..fs import is_url
+    from povid_cli.core.fs import is_url
 
     if is_url(data):
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -73,8 +73,8 @@ def sample_cmd(
     retry_failed: RetryFailed = False,
     verbose: Verbose = 0,
 ):
-    from ..errors import PovidError
-    from ..store import Dataset
+    from povid_cli.core.errors import PovidError
+    from povid_cli.core.store import Dataset
     from stages.sample import SampleConfig, SampleStage
 
     ds = Dataset.open(data)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..app import Verbose, command, out
+from povid_cli.app import Verbose, command, out
 
 PIPELINE = ("ingest", "hallucinate", "distort", "sample", "filter")
 # What a stage reads/writes when its manifest record does not say (ingest has no reads).
@@ -46,7 +46,7 @@ def _column_counts(ds, output: str, column: str) -> dict[str, int]:
 
 def stage_status(ds, name: str) -> dict:
     """Everything `status` shows for one stage, as plain data."""
-    from ..store import digest
+    from povid_cli.core.store import digest
 
     rec = ds.manifest.get("stages", {}).get(name)
     reads, writes = DEFAULT_IO.get(name, ((), ()))
@@ -180,7 +180,7 @@ def status_cmd(
 
       povid status data --json | jq '.stages[] | {stage, failed}'
     """
-    from ..store import Dataset
+    from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
     info = collect(ds)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..app import Limit, RayAddress, RetryFailed, Verbose, Workers, command, console, make_progress, out
+from povid_cli.app import Limit, RayAddress, RetryFailed, Verbose, Workers, command, console, make_progress, out
 
 
 @command("synth")
@@ -54,8 +54,8 @@ def synth_cmd(
 
       0 * * * *  cd /srv/povid && povid synth incoming/ -o data -c povid.toml >> synth.log 2>&1
     """
-    from .. import config_file
-    from ..pipeline import resolve, run_synth
+    from povid_cli.synth import config_file
+    from povid_cli.synth.pipeline import resolve, run_synth
 
     toml = config_file.load(config)
     flags = dict(llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,

@@ -7,16 +7,16 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..app import Limit, Verbose, command, console, out
+from povid_cli.app import Limit, Verbose, command, console, out
 
 CONFIGS = ("ddp", "zero2", "zero3", "fsdp")
 
 
 def config_paths() -> dict[str, str]:
-    """The accelerate configs shipped with povid (package data in povid_cli/configs/)."""
+    """The accelerate configs shipped with povid (package data in povid_cli/train/configs/)."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent.parent / "configs"
+    here = Path(__file__).resolve().parent.parent / "train" / "configs"
     return {name: str(here / f"{name}.yaml") for name in CONFIGS}
 
 
@@ -75,11 +75,11 @@ def train_cmd(
         for name, path in config_paths().items():
             typer.echo(f"{name}\t{path}")  # tab-separated for `cut -f2`
         return
-    from ..errors import UsageError
+    from povid_cli.core.errors import UsageError
 
     if not data or not model or not output:
         raise UsageError("povid train needs DATA, --model and -o OUT (see povid train --help)")
-    from stages.train import TrainConfig, run_train
+    from povid_cli.train.trainer import TrainConfig, run_train
 
     cfg = TrainConfig(
         data=data, model=model, output=output, kind=kind, schedule=schedule, loss=loss, beta=beta,
@@ -114,7 +114,7 @@ def merge_cmd(
 
       povid merge ckpt/final -o ckpt/merged
     """
-    from stages.train import merge_adapter
+    from povid_cli.train.trainer import merge_adapter
 
     path = merge_adapter(adapter, output, base=model)
     console.print(f"merged {escape(adapter)} into its base model: {escape(str(path))}")

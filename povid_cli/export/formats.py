@@ -23,8 +23,8 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from povid_cli.images import extension
-from povid_cli.schemas import IMAGE
+from povid_cli.core.images import extension
+from povid_cli.core.schemas import IMAGE
 
 FORMATS = ("trl", "povid", "llava", "sharegpt")
 KINDS = ("text", "image", "all")

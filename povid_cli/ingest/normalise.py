@@ -14,9 +14,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from povid_cli.errors import RowError
-from povid_cli.images import DEFAULT_MAX_PIXELS, normalise
-from povid_cli.stage import failure
+from povid_cli.core.errors import RowError
+from povid_cli.core.images import DEFAULT_MAX_PIXELS, normalise
+from povid_cli.core.stage import failure
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from povid_cli.errors import PovidError
+from povid_cli.core.errors import PovidError
 
 log = logging.getLogger("povid.train")
 
@@ -31,13 +31,13 @@ MIN_IMAGE_SIDE = 28  # the smallest patch grid any supported vision tower accept
 # -- reading ---------------------------------------------------------------------------------------
 def read_pairs(path: str) -> list[dict]:
     """Pair rows (see module docstring) from a povid dataset or TRL Parquet file/folder."""
-    from povid_cli.fs import resolve
+    from povid_cli.core.fs import resolve
 
     root = resolve(path)
     if not root.exists():
         raise PovidError(f"{root.url} does not exist")
     if root.is_dir() and root.join("manifest.json").exists():
-        from povid_cli.store import Dataset
+        from povid_cli.core.store import Dataset
 
         ds = Dataset.open(path)
         table = ds.read_all("pairs")
@@ -168,7 +168,7 @@ def fit_to_budget(rows: list[dict], processor, max_length: int | None, progress=
     from PIL import Image
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from povid_cli.images import encode
+    from povid_cli.core.images import encode
 
     collator = DataCollatorForVisionPreference(processor=processor, max_length=None)
     kept = []

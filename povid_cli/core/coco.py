@@ -12,7 +12,7 @@ from importlib import resources
 @lru_cache(maxsize=1)
 def categories() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(category, names) per COCO category, lower case; names start with the category itself."""
-    text = resources.files("povid_cli").joinpath("data/coco_synonyms.txt").read_text(encoding="utf-8")
+    text = resources.files("povid_cli.core").joinpath("data/coco_synonyms.txt").read_text(encoding="utf-8")
     out = []
     for line in text.splitlines():
         names = [n.strip().lower() for n in line.split(",") if n.strip()]

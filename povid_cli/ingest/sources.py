@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from povid_cli.errors import PovidError
+from povid_cli.core.errors import PovidError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_PROMPT = "Describe this image in detail."

@@ -1,6 +1,6 @@
 """A side-by-side PNG of an original image and its distorted versions (for docs, tests and `povid report`).
 
-    from povid_cli.sidebyside import side_by_side, side_by_side_for_item
+    from povid_cli.report.sidebyside import side_by_side, side_by_side_for_item
     png = side_by_side(original_bytes, [(distorted_bytes, "diffusion")], out="pair.png")
     side_by_side_for_item("data", item_id, out="pair.png")   # reads items + distorted of a dataset
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import PovidError
-from .images import decode_rgb
+from povid_cli.core.errors import PovidError
+from povid_cli.core.images import decode_rgb
 
 CAPTION_H = 22
 GAP = 8
@@ -63,7 +63,7 @@ def side_by_side_for_item(data: str, item_id: str, out: str | Path | None = None
     """The original image of `item_id` in dataset `data` next to its distorted variants."""
     import pyarrow.compute as pc
 
-    from .store import Dataset
+    from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
     items = ds.read_all("items", columns=["id", "image"])

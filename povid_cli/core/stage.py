@@ -28,9 +28,9 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import pyarrow as pa
 
-from .errors import PovidError, RowError, TransientError
-from .templates import prompt_hash
-from .store import digest
+from povid_cli.core.errors import PovidError, RowError, TransientError
+from povid_cli.core.templates import prompt_hash
+from povid_cli.core.store import digest
 
 FAILED_SCHEMA = pa.schema([
     ("id", pa.string()),

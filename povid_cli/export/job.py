@@ -16,12 +16,12 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from stages import export as conv
+from povid_cli.export import formats as conv
 
-from . import __version__
-from .errors import PovidError, UsageError
-from .fs import Location, resolve
-from .store import Dataset, now_iso
+from povid_cli.core.version import __version__
+from povid_cli.core.errors import PovidError, UsageError
+from povid_cli.core.fs import Location, resolve
+from povid_cli.core.store import Dataset, now_iso
 
 MARKER = "povid-export.json"
 MAX_EXPORTS_KEPT = 50

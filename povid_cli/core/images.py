@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import RowError
+from povid_cli.core.errors import RowError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb threshold (~ 9459 x 9459)
 MIN_SIDE = 2

@@ -20,9 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import PovidError, TransientError
-from .stage import FAILED_SCHEMA, Batch, Result, Stage, failure, item_id_of
-from .store import Dataset, digest, now_iso
+from povid_cli.core.errors import PovidError, TransientError
+from povid_cli.core.stage import FAILED_SCHEMA, Batch, Result, Stage, failure, item_id_of
+from povid_cli.core.store import Dataset, digest, now_iso
 
 log = logging.getLogger("povid.runner")
 
@@ -192,7 +192,7 @@ def _write(ds: Dataset, stage: Stage, p: _Plan, result: Result) -> dict[str, int
 def run_stage(ds: Dataset, stage: Stage, executor=None, *, limit: int | None = None,
               retry_failed: bool = False, progress=None) -> StageRun:
     """Run `stage` over every shard of `ds` that is not done yet. The caller holds ds.lock()."""
-    from .executors import InlineExecutor
+    from povid_cli.core.executors import InlineExecutor
 
     t0 = time.perf_counter()
     started = now_iso()

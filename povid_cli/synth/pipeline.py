@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config_file
-from .errors import PovidError, UsageError
-from .store import Dataset, digest, now_iso
+from povid_cli.synth import config_file
+from povid_cli.core.errors import PovidError, UsageError
+from povid_cli.core.store import Dataset, digest, now_iso
 
 # The stages synth runs, in order (ingest is separate: it reads sources, not shards).
 STAGE_REFS = {
@@ -88,7 +88,7 @@ def default_cache_dir(data: str, stage: str) -> str:
     """DATA/cache/<stage> (what the stage commands use), or a per-user folder for an s3:// / gs:// DATA."""
     import os
 
-    from .fs import is_url
+    from povid_cli.core.fs import is_url
 
     if is_url(data):
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -98,7 +98,7 @@ def default_cache_dir(data: str, stage: str) -> str:
 
 def resolve(toml: dict, sources: list[str], flags: dict, data: str | None = None) -> SynthPlan:
     """Merge povid.toml and the flags (flags win) into stage configs; bad options are usage errors."""
-    from stages.ingest import IngestConfig
+    from povid_cli.ingest.normalise import IngestConfig
 
     sections = {s: dict(toml.get(s, {})) for s in config_file.SECTIONS}
     ingest_vals = sections["ingest"]
@@ -234,15 +234,15 @@ def export_key(ds: Dataset, export: dict, limit: int | None = None) -> str:
 
 def run_synth(data: str, plan: SynthPlan, *, progress=None, executor=None) -> SynthResult:
     """Run the whole pipeline on DATA under one lock. Raises PovidError on setup problems."""
-    from .executors import make_executor
-    from .ingest_runner import ingest
-    from .runner import run_stage, summarize_failures
+    from povid_cli.core.executors import make_executor
+    from povid_cli.ingest.job import ingest
+    from povid_cli.core.runner import run_stage, summarize_failures
 
     t0 = time.perf_counter()
     result = SynthResult()
     if executor is None and plan.run["executor"] == "ray":  # fail before DATA is created
-        from .errors import require
-        from .executors import _check_reachable
+        from povid_cli.core.errors import require
+        from povid_cli.core.executors import _check_reachable
 
         require("ray", "ray")
         if plan.run["ray_address"]:
@@ -299,7 +299,7 @@ def _export(ds: Dataset, plan: SynthPlan, progress) -> dict | None:
     key = export_key(ds, exp, plan.run["limit"])
     rec = ds.manifest.setdefault("synth", {})
     prev = rec.get("export") or {}
-    from .fs import resolve as resolve_path
+    from povid_cli.core.fs import resolve as resolve_path
 
     t0 = time.perf_counter()
     _clean_export_leftovers(dest)
@@ -308,7 +308,7 @@ def _export(ds: Dataset, plan: SynthPlan, progress) -> dict | None:
     if _count(ds, "pairs") == 0:
         return {"path": dest, "format": exp["format"], "rows": 0, "skipped": True, "seconds": 0.0,
                 "note": "no pairs to export"}
-    from .exporter import export_dataset
+    from povid_cli.export.job import export_dataset
 
     s = export_dataset(ds, dest, exp["format"], kind=exp["kind"], limit=plan.run["limit"], progress=progress)
     info = {"key": key, "path": dest, "format": exp["format"], "kind": exp["kind"], "rows": s.get("rows"),
@@ -324,7 +324,7 @@ def _clean_export_leftovers(dest: str) -> None:
     import re
     import shutil
 
-    from .fs import resolve as resolve_path
+    from povid_cli.core.fs import resolve as resolve_path
 
     loc = resolve_path(dest)
     if not loc.is_local:

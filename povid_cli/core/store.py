@@ -25,9 +25,9 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from . import __version__
-from .errors import NotADatasetError, PovidError
-from .fs import TMP_PREFIX, Location, resolve
+from povid_cli.core.version import __version__
+from povid_cli.core.errors import NotADatasetError, PovidError
+from povid_cli.core.fs import TMP_PREFIX, Location, resolve
 
 MANIFEST = "manifest.json"
 FORMAT = "povid-dataset"

@@ -18,7 +18,7 @@ import io
 import json
 from dataclasses import dataclass, field
 
-from .textsim import display_diff
+from stages.textsim import display_diff
 
 
 @dataclass
@@ -35,7 +35,7 @@ def thumbnail(data: bytes, size: int = 256, quality: int = 80) -> bytes:
     """A JPEG at most `size` pixels on its long side, so that the page stays small."""
     from PIL import Image
 
-    from povid_cli.images import decode_rgb
+    from povid_cli.core.images import decode_rgb
 
     im = decode_rgb(data)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)

@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any
 
-from .errors import UsageError
+from povid_cli.core.errors import UsageError
 
 SECTIONS = ("ingest", "hallucinate", "distort", "sample", "filter", "export", "run")
 
@@ -212,8 +212,8 @@ SECTION_HELP = {
 
 def example_toml() -> str:
     """The commented povid.toml that `povid init` writes (every option at its default)."""
-    from .pipeline import STAGE_REFS, stage_class
-    from stages.ingest import IngestConfig
+    from povid_cli.synth.pipeline import STAGE_REFS, stage_class
+    from povid_cli.ingest.normalise import IngestConfig
 
     out = [
         "# povid.toml: every option of `povid synth`, one section per stage.",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from povid_cli.errors import PovidError, UsageError
+from povid_cli.core.errors import PovidError, UsageError
 
 log = logging.getLogger("povid.train")
 
@@ -118,7 +118,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 def require_train():
     """Import the [train] extra (one clear line if it is missing)."""
-    from povid_cli.errors import require
+    from povid_cli.core.errors import require
 
     for module in ("torch", "transformers", "trl", "peft", "datasets", "accelerate"):
         require(module, "train")
@@ -170,7 +170,7 @@ def check_report_to(report_to: str) -> None:
 
 # -- plan ----------------------------------------------------------------------------------------------
 def plan_stages(cfg: TrainConfig, rows: list[dict], source: str) -> list[StagePlan]:
-    from stages.train_data import select_kind
+    from povid_cli.train.data import select_kind
 
     if cfg.schedule == "mixed":
         return [StagePlan("all" if cfg.kind == "all" else cfg.kind, cfg.kind, cfg.epochs or 1,
@@ -283,8 +283,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
     from transformers import AutoProcessor
     from trl import DPOTrainer
 
-    from stages.train_data import fit_to_budget, read_pairs, split_eval, to_hf
-    from stages.train_metrics import MetricsLogger, plot, read_metrics, summary
+    from povid_cli.train.data import fit_to_budget, read_pairs, split_eval, to_hf
+    from povid_cli.train.metrics import MetricsLogger, plot, read_metrics, summary
 
     rows = read_pairs(cfg.data)
     plans = plan_stages(cfg, rows, cfg.data)
@@ -342,7 +342,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
         extra = {}
         trainer_cls = DPOTrainer
         if cfg.loss == "povid":
-            from stages.povid_loss import PovidDPOTrainer
+            from povid_cli.train.losses import PovidDPOTrainer
 
             trainer_cls = PovidDPOTrainer
             extra = {"povid_weight": cfg.povid_weight, "noise_step": cfg.noise_step}

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from stages.ingest import IngestConfig, image_sha256, item_id, normalise_records
-from stages.ingest_sources import Record, collect_instances, read_source
+from povid_cli.ingest.normalise import IngestConfig, image_sha256, item_id, normalise_records
+from povid_cli.ingest.sources import Record, collect_instances, read_source
 
-from .errors import PovidError
-from .schemas import ITEMS
-from .stage import FAILED_SCHEMA, failure
-from .store import Dataset, digest, now_iso
+from povid_cli.core.errors import PovidError
+from povid_cli.core.schemas import ITEMS
+from povid_cli.core.stage import FAILED_SCHEMA, failure
+from povid_cli.core.store import Dataset, digest, now_iso
 
 BATCH = 32
 

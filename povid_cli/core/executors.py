@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import PovidError, UsageError, require
+from povid_cli.core.errors import PovidError, UsageError, require
 
 Task = tuple[Any, tuple]
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import PovidError
+from povid_cli.core.errors import PovidError
 
 TMP_PREFIX = ".tmp-"
 

@@ -10,7 +10,7 @@ import hashlib
 from functools import lru_cache
 from importlib import resources
 
-from .errors import PovidError
+from povid_cli.core.errors import PovidError
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,1 @@
+"""The synth job: the whole pipeline under one lock (plan, povid.toml)."""
