@@ -55,7 +55,7 @@ def one_by_one(src: str, data: str, workers: int) -> dict[str, float]:
     from povid_cli.core.executors import make_executor
     from povid_cli.export.job import export_dataset
     from povid_cli.ingest.job import ingest
-    from povid_cli.synth.pipeline import resolve
+    from povid_cli.synth.plan import resolve
     from povid_cli.core.runner import run_stage
     from povid_cli.core.store import Dataset
 
@@ -81,7 +81,8 @@ def one_by_one(src: str, data: str, workers: int) -> dict[str, float]:
 
 
 def end_to_end(src: str, data: str, workers: int) -> float:
-    from povid_cli.synth.pipeline import resolve, run_synth
+    from povid_cli.synth.plan import resolve
+    from povid_cli.synth.run import run_synth
 
     plan = resolve({}, [src], {"workers": workers}, data=data)
     t0 = time.perf_counter()

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from povid_cli.core.errors import PovidError
+from povid_cli.core.options import annotated
+from povid_cli.core.executors import RunOptions
 
 app = typer.Typer(
     name="povid",
@@ -40,11 +42,15 @@ log = logging.getLogger("povid")
 
 # -- shared options ------------------------------------------------------------------------------------
 Verbose = Annotated[int, typer.Option("-v", "--verbose", count=True, help="Log what happens (-vv: debug).")]
-Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Process only the first N rows (to try things out).")]
-Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Parallel worker processes \\[default: number of cores].")]
-Executor = Annotated[str, typer.Option("--executor", help="Where batches run: local (processes on this machine) or ray.")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (ray://host:10001 or auto); default: a local Ray.")]
-RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run again the rows that failed for any reason, not only transient ones.")]
+# The run flags, declared once on RunOptions (core/runner.py), for the commands that list their own options.
+Executor = annotated(RunOptions, "executor")
+Limit = annotated(RunOptions, "limit")
+Workers = annotated(RunOptions, "workers")
+RayAddress = annotated(RunOptions, "ray_address")
+RetryFailed = annotated(RunOptions, "retry_failed")
+
+
+RUN_FLAGS = ("workers", "limit", "executor", "ray_address", "retry_failed")
 
 
 class Interrupted(PovidError):
@@ -101,6 +107,13 @@ def command(*args, **kwargs) -> Callable:
     return decorate
 
 
+def reflow(text: str) -> str:
+    """A help text with its paragraphs joined into lines (typer's rich mode keeps line breaks); indented
+    paragraphs (examples) stay as they are."""
+    paras = text.strip().split("\n\n")
+    return "\n\n".join(p if p.startswith("  ") else " ".join(p.split("\n")) for p in paras)
+
+
 def make_progress():
     """A rich progress display on stderr (silent when stderr is not a terminal, e.g. in cron logs)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -113,25 +126,50 @@ def make_progress():
     )
 
 
-def execute_stage(data: str, stage, *, workers: int | None = None, limit: int | None = None,
-                  executor: str = "local", ray_address: str | None = None, retry_failed: bool = False):
-    """Open DATA, take its lock, run one stage with a progress bar, print a summary; exit 1 if rows failed."""
-    from povid_cli.core.executors import make_executor
-    from povid_cli.core.runner import run_stage
-    from povid_cli.core.store import Dataset
+def execute_stage(data: str, stage, run=None):
+    """Run one stage over DATA with a progress bar, print a summary; exit 1 if rows failed."""
+    from povid_cli.core.executors import RunOptions
+    from povid_cli.synth.single import run_single
 
-    ds = Dataset.open(data)
-    with ds.lock():
-        ex = make_executor(executor, workers, ray_address)
+    with make_progress() as progress:
+        ds, result = run_single(data, stage, run or RunOptions(), progress)
+    report_run(ds, result)
+    return result
+
+
+def stage_command(name: str, stage_cls, *, help: str, run_flags: tuple[str, ...] = RUN_FLAGS,
+                  extra: list | None = None, after: Callable | None = None) -> None:
+    """Register `povid NAME DATA [options]`: every option of the stage's config (declared once, on its
+    dataclass) plus the run flags; builds the config, runs the stage, prints the summary. `extra`:
+    more typer parameters (eager ones like --list-methods); `after(data, stage, run)`: what to print next."""
+    import inspect
+
+    from povid_cli.core import options
+    from povid_cli.core.executors import RunOptions
+    from povid_cli.core.stage import DataView
+    from povid_cli.core.store import Dataset
+    from povid_cli.synth.single import with_response_cache
+
+    data = inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[str, typer.Argument(
+        help="The dataset folder (local path or URL).", metavar="DATA", show_default=False)])
+    run_params = [p for p in options.typer_parameters(RunOptions) if p.name in run_flags]
+    verbose = inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Verbose)
+    params = [data] + options.typer_parameters(stage_cls.Config) + (extra or []) + run_params + [verbose]
+
+    def run(data: str, verbose: int = 0, **kw):
+        run_opts = options.from_flags(RunOptions, {k: v for k, v in kw.items() if k in run_flags})
+        config = options.from_flags(stage_cls.Config, kw)
+        stage_cls.check(DataView(Dataset.open(data)))  # DATA first: "run distort first" before "no such model"
+        stage = with_response_cache(stage_cls(config), data)
         try:
-            with make_progress() as progress:
-                run = run_stage(ds, stage, ex, limit=limit, retry_failed=retry_failed, progress=progress)
-        except BaseException:
-            ex.terminate()  # Ctrl-C / SIGTERM / an error: stop the workers now, not after their batches
-            raise
-        ex.close()
-    report_run(ds, run)
-    return run
+            result = execute_stage(data, stage, run_opts)
+        finally:
+            stage.close()
+        if after is not None:
+            after(data, stage, result)
+
+    run.__name__ = f"{name}_cmd"
+    command(name, help=help)(options.signature_command(run, params))
 
 
 def report_run(ds, run) -> None:

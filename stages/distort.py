@@ -33,9 +33,10 @@ import json
 import logging
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.errors import RowError
+from povid_cli.core.options import Options, opt
 from povid_cli.core.schemas import DISTORTED
 from povid_cli.core.stage import Batch, Result, Stage, failure
 
@@ -46,24 +47,22 @@ log = logging.getLogger("povid.distort")
 
 
 @dataclass(frozen=True)
-class DistortConfig:
-    methods: tuple[str, ...] = field(default=("diffusion",), metadata={
-        "help": "method specs NAME[:k=v,...], one variant per item each (povid distort --list-methods)"})
-    size: int = field(default=336, metadata={"help": "short side in pixels before distorting (LLaVA-1.5: 336); 0 keeps the original size"})
-    square: bool = field(default=False, metadata={"help": "pad to a square of the CLIP mean colour first, as LLaVA-1.5 does"})
-    seed: int = field(default=0, metadata={"help": "dataset seed; each image's seed is sha256(seed, item id)"})
-    format: str = field(default="png", metadata={"help": "png (lossless) | jpeg (4:4:4, `quality`)"})
-    quality: int = field(default=95, metadata={"help": "JPEG quality (format = jpeg only)"})
+class DistortConfig(Options):
+    methods: tuple[str, ...] = opt(("diffusion",), "Distortion NAME[:k=v,...]; repeat for several variants per item "
+                                   "(see --list-methods) [default: diffusion (t=500)].", flag="--method", short="-m",
+                                   metavar="NAME[:k=v,...]")
+    size: int = opt(336, "Resize so the short side is N pixels first (the model's input size: 336 for LLaVA-1.5); "
+                    "0 keeps the original size.", min=0)
+    square: bool = opt(False, "Pad to a square of the CLIP mean colour first, as LLaVA-1.5's processor does: the "
+                       "stored image is then exactly the model's input.")
+    seed: int = opt(0, "Dataset seed; each image's seed is hash(seed, item id).")
+    format: str = opt("png", "Storage: png (lossless, keeps the noise exact) or jpeg (q=--quality, 4:4:4; a third of "
+                      "the size).", choices=FORMATS)
+    quality: int = opt(95, "JPEG quality (with --format jpeg).", min=1, max=100)
 
 
 def validate(config: DistortConfig) -> tuple[distortions.Spec, ...]:
     """The config's method specs resolved; UsageError for anything wrong."""
-    if config.size < 0:
-        raise UsageError(f"--size must be >= 0 (0 keeps the original size), got {config.size}")
-    if config.format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
-    if not 1 <= config.quality <= 100:
-        raise UsageError(f"--quality must be in 1..100, got {config.quality}")
     methods = (config.methods,) if isinstance(config.methods, str) else tuple(config.methods)
     return distortions.parse_specs(methods)
 

@@ -24,11 +24,13 @@ The index lives in the stage instance: make one instance per `run_stage` call (t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
+from povid_cli.backends.openai_client import APIConfig
 from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import PAIRS
 from povid_cli.core.stage import Batch, Result, Stage, failure
 from povid_cli.core.store import digest
@@ -76,6 +78,12 @@ DROPPED = pa.schema(list(PAIRS_OUT) + [pa.field("drop_reason", pa.string()), pa.
 
 DEDUP_SCOPES = ("dataset", "prompt", "item")
 
+
+def _llms() -> tuple[str, ...]:
+    from povid_cli.backends import registry
+
+    return registry.names("llm")
+
 # Words that carry no content of their own, for the image-pair "says something new" check.
 _STOP = set("""a an the and or but of to in on at by for with from as is are was were be been being it its this
 that these those there here which who whom whose what where when how why has have had do does did can could will
@@ -84,40 +92,48 @@ photo photograph shows show showing shown appears appear seems seem see seen vis
 other another into onto out up down off than then so such while one""".split())
 
 
+_T = "Tuning"
+_J = "Judge (optional)"
+
+
 @dataclass(frozen=True)
-class FilterConfig:
-    """Every filter is on by default; each field below tunes or switches one off."""
+class FilterConfig(Options):
+    """Every filter is on by default; each option tunes one or switches it off."""
 
-    min_words: int = 2                 # too_short: fewer words than this (0: off)
-    min_length_ratio: float = 0.2      # too_short: fewer than this x chosen's words (0: off)
-    drop_truncated: bool = True        # truncated: finish reason "length"
-    max_repetition: float = 0.5        # repetition: share of repeated word 3-grams above this (1: off)
-    drop_refusals: bool = True         # refusal
-    drop_identical: bool = True        # identical after normalising case, whitespace, punctuation
-    min_similarity: float = 0.45       # rewritten: text pairs below this word-level similarity (0: off)
-    text_hallucination: bool = True    # no_hallucination: text pairs must carry a detectable one
-    image_hallucination: bool = False  # --require-hallucination: image pairs too
-    image_new_content: bool = True     # same_content: image pairs must say something chosen does not
-    min_logprob: float | None = None   # off_policy: image pairs below this mean token log-prob (None: off)
-    dedup: bool = True                 # duplicate / near_duplicate across the dataset
-    near_dup_threshold: float = 0.9    # estimated Jaccard of word 3-gram sets (1: exact duplicates only)
-    dedup_scope: str = "dataset"       # dataset | prompt | item: where a duplicate counts
-    judge_model: str | None = None     # judge_rejected: an OpenAI-compatible model must confirm a contradiction
-    judge_image: bool = True           # send the image to the judge (a VLM); else the reference answer only
-    judge_max_tokens: int = 64
-    api_base: str | None = field(default=None, metadata={"hash": False})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"hash": False})
-    concurrency: int = field(default=16, metadata={"hash": False})
-    rpm: float | None = field(default=None, metadata={"hash": False})
-    timeout: float = field(default=60.0, metadata={"hash": False})
-    max_retries: int = field(default=5, metadata={"hash": False})
-    cache_dir: str | None = field(default=None, metadata={"hash": False})
-
-    def __post_init__(self):
-        if self.dedup_scope not in DEDUP_SCOPES:
-            raise UsageError(f"--dedup-scope must be one of {', '.join(DEDUP_SCOPES)}, not {self.dedup_scope!r}")
-        if not 0 <= self.min_similarity <= 1 or not 0 < self.near_dup_threshold <= 1:
-            raise UsageError("--min-similarity must be in [0, 1] and --near-dup-threshold in (0, 1]")
+    min_words: int = opt(2, "too_short: drop rejected answers with fewer words (0: off).", min=0, panel=_T)
+    min_length_ratio: float = opt(0.2, "too_short: drop rejected answers shorter than this x chosen's words (0: off).",
+                                  min=0.0, panel=_T)
+    drop_truncated: bool = opt(True, "truncated: drop sampled answers cut at max_tokens (finish reason 'length').",
+                               invert="--keep-truncated", panel=_T)
+    max_repetition: float = opt(0.5, "repetition: drop answers whose share of repeated word 3-grams is above this "
+                                "(1: off).", min=0.0, max=1.0, panel=_T)
+    drop_refusals: bool = opt(True, "refusal: drop 'I'm sorry, I can't ...' answers.", invert="--keep-refusals", panel=_T)
+    drop_identical: bool = opt(True, "identical: drop rejected answers equal to chosen up to case, whitespace and "
+                               "punctuation.", invert="--keep-identical", panel=_T)
+    min_similarity: float = opt(0.45, "rewritten: text pairs below this word-level similarity to chosen are dropped "
+                                "(0: off).", min=0.0, max=1.0, panel=_T)
+    text_hallucination: bool = opt(True, "no_hallucination: text pairs must carry a detectable hallucination (object, "
+                                   "number, colour, attribute, relation).", invert="--no-hallucination-check", panel=_T)
+    image_hallucination: bool = opt(False, "Image pairs must carry a detectable hallucination too.",
+                                    flag="--require-hallucination", panel=_T)
+    image_new_content: bool = opt(True, "same_content: image pairs must say something chosen does not.",
+                                  invert="--keep-same-content", panel=_T)
+    min_logprob: float | None = opt(None, "off_policy: drop sampled answers whose mean token log-prob under the clean "
+                                    "image is below this (needs sample --logprobs).", panel=_T)
+    dedup: bool = opt(True, "duplicate / near_duplicate: drop exact and near-duplicate rejected answers.",
+                      invert="--no-dedup", panel=_T)
+    near_dup_threshold: float = opt(0.9, "Estimated Jaccard of word 3-grams (MinHash) at which two rejected answers "
+                                    "are near-duplicates (1: exact only).", min=0.01, max=1.0, panel=_T)
+    dedup_scope: str = opt("dataset", "Where a duplicate counts: dataset, prompt (same question) or item.",
+                           choices=DEDUP_SCOPES, panel=_T)
+    judge_model: str | None = opt(None, "judge_rejected: an OpenAI-compatible model must confirm each kept rejected "
+                                  "answer contradicts the image / ground truth.", flag="--judge", metavar="MODEL",
+                                  panel=_J)
+    judge_backend: str = opt("openai", "The chat LLM backend of the judge.", choices=_llms, hash=False, panel=_J)
+    judge_image: bool = opt(True, "Send the image to the judge (a VLM); off: judge against the reference answer only.",
+                            invert="--judge-text-only", panel=_J)
+    judge_max_tokens: int = opt(64, "Longest judge reply.", min=1, panel=_J)
+    api: APIConfig = group(APIConfig)
 
 
 def pair_id(item_id: str, kind: str, variant: str | None, rejected: str) -> str:
@@ -220,6 +236,13 @@ class FilterStage(Stage):
         super().__init__(config)
         self.index = DedupIndex(config.near_dup_threshold)
         self.client = None
+        self.uses_api = bool(config.judge_model)
+
+    @classmethod
+    def check(cls, data) -> None:
+        if not (data.has("hallucinated") or data.has("sampled")) and data.all_null("items", "rejected"):
+            raise UsageError(f"{data.url} has nothing to filter yet: run `povid hallucinate` and/or `povid distort` + "
+                             "`povid sample` first (or ingest data with rejected answers)")
 
     def config_hash(self) -> str:
         h = super().config_hash()
@@ -231,12 +254,9 @@ class FilterStage(Stage):
 
     def setup(self) -> None:
         if self.config.judge_model:
-            from povid_cli.backends.openai_client import APIConfig, ChatClient
+            from povid_cli.backends import registry
 
-            c = self.config
-            self.client = ChatClient(APIConfig(api_base=c.api_base, api_key_env=c.api_key_env, concurrency=c.concurrency,
-                                               rpm=c.rpm, timeout=c.timeout, max_retries=c.max_retries,
-                                               cache_dir=c.cache_dir), c.judge_model)
+            self.client = registry.load("llm", self.config.judge_backend)(self.config.api, self.config.judge_model)
 
     def _scope(self, row: dict) -> str:
         s = self.config.dedup_scope

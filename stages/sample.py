@@ -17,36 +17,46 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from povid_cli.core.errors import RowError, UsageError
+from povid_cli.backends.openai_client import APIConfig
+from povid_cli.core.errors import PovidError, RowError, UsageError
+from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import SAMPLED
 from povid_cli.core.stage import Batch, Result, Stage, failure
 
-NOHASH = {"hash": False}  # settings that change speed or transport, never the answers
+_ENGINE = "Engine (vllm, transformers)"
+
+
+def backends() -> tuple[str, ...]:
+    from povid_cli.backends import registry
+
+    return ("auto",) + registry.names("vlm")
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    model: str = ""
-    backend: str = "auto"                  # vllm | transformers | openai; auto: vllm on GPU if installed, else transformers
-    n: int = 1                             # answers per (item, variant)
-    temperature: float = 1.0               # 0: greedy
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int | None = 0
-    dtype: str = "auto"
-    logprobs: bool = False                 # score each answer under the clean image (for `filter`)
-    batch_size: int | None = field(default=None, metadata=NOHASH)      # transformers: items per generate; vllm: max_num_seqs
-    tensor_parallel: int = field(default=1, metadata=NOHASH)
-    max_model_len: int | None = field(default=None, metadata=NOHASH)
-    api_base: str | None = field(default=None, metadata=NOHASH)
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata=NOHASH)
-    concurrency: int = field(default=16, metadata=NOHASH)
-    rpm: float | None = field(default=None, metadata=NOHASH)
-    timeout: float = field(default=120.0, metadata=NOHASH)
-    max_retries: int = field(default=5, metadata=NOHASH)
-    cache_dir: str | None = field(default=None, metadata=NOHASH)
+class SampleConfig(Options):
+    model: str = opt("", "The target VLM: a model folder or hub name (with --backend openai: the server's model "
+                     "name).", short="-m")
+    backend: str = opt("auto", "vllm (in-process vllm.LLM), transformers (generate; the CPU fallback) or openai (an "
+                       "OpenAI-compatible server such as `vllm serve`). auto: vllm when it is installed and a GPU is "
+                       "there, else transformers.", short="-b", choices=backends)
+    n: int = opt(1, "Answers per (item, distorted variant).", min=1)
+    temperature: float = opt(1.0, "Sampling temperature; 0 is greedy.", short="-t", min=0.0)
+    top_p: float = opt(1.0, "Nucleus sampling.", min=0.01, max=1.0)
+    max_tokens: int = opt(256, "Most tokens per answer.", min=1)
+    seed: int | None = opt(0, "Sampling seed (same data + seed + backend = same answers).")
+    dtype: str = opt("auto", "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.",
+                     choices=("auto", "float32", "bfloat16", "float16"), panel=_ENGINE)
+    logprobs: bool = opt(False, "Also store each answer's mean token log-prob under the CLEAN image (how on-policy a "
+                         "pair is; used by filter).")
+    batch_size: int | None = opt(None, "transformers: items per generate call [8]; vllm: most sequences running at "
+                                 "once [vLLM's default].", hash=False, min=1, panel=_ENGINE)
+    tensor_parallel: int = opt(1, "vllm: GPUs to shard the model over.", hash=False, min=1, flag="--tensor-parallel",
+                               short="--tp", panel=_ENGINE)
+    max_model_len: int | None = opt(None, "vllm: context length to reserve KV cache for [the model's].", hash=False,
+                                    min=16, panel=_ENGINE)
+    api: APIConfig = group(APIConfig, factory=lambda: APIConfig(timeout=120.0))
 
 
 class SampleStage(Stage):
@@ -60,32 +70,34 @@ class SampleStage(Stage):
     def __init__(self, config: SampleConfig):
         if not config.model:
             raise UsageError("sample needs --model (a model folder or a hub name)")
-        from povid_cli.backends.vlm import BACKENDS, default_backend
+        from povid_cli.backends import registry
+        from povid_cli.backends.vlm import default_backend
 
         if config.backend == "auto":  # recorded (and hashed) as the backend actually used
             config = dataclasses.replace(config, backend=default_backend())
-        if config.backend not in BACKENDS:
-            raise UsageError(f"unknown backend '{config.backend}'; choose one of: auto, {', '.join(BACKENDS)}")
         super().__init__(config)
-        if config.backend != "openai":
+        self.backend_cls = registry.load("vlm", config.backend)
+        if self.backend_cls.local:
             from povid_cli.backends.families import detect_family
 
             detect_family(config.model)  # an unsupported model fails here, before anything loads
-        if config.logprobs and config.backend == "openai":
-            raise UsageError("--logprobs needs the vllm or transformers backend")
-        if config.n < 1 or config.max_tokens < 1:
-            raise UsageError("--n and --max-tokens must be at least 1")
-        if not 0 < config.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {config.top_p}")
-        # vLLM and API servers schedule themselves: hand them whole shards. transformers: fixed batches.
-        self.batch_size = (config.batch_size or 8) if config.backend == "transformers" else None
+        if config.logprobs and not self.backend_cls.can_score:
+            raise UsageError(f"--logprobs needs a backend that can score answers; {config.backend} cannot")
+        # Engines and API servers schedule themselves: hand them whole shards. Otherwise fixed batches.
+        self.batch_size = None if self.backend_cls.whole_shards else (config.batch_size or 8)
+        self.uses_api = not self.backend_cls.local
         self.resources = {}
-        if config.backend in ("vllm", "transformers"):
+        if self.backend_cls.local:
             from povid_cli.backends.vlm import gpu_count
 
             if gpu_count() > 0:
-                self.resources = {"num_gpus": float(config.tensor_parallel if config.backend == "vllm" else 1)}
+                self.resources = {"num_gpus": float(config.tensor_parallel if self.backend_cls.whole_shards else 1)}
         self.backend = None
+
+    @classmethod
+    def check(cls, data) -> None:
+        if not data.has("distorted"):
+            raise PovidError(f"{data.url} has no distorted images yet: run `povid distort` first")
 
     def sampling(self):
         from povid_cli.backends.vlm import Sampling
@@ -97,14 +109,9 @@ class SampleStage(Stage):
         from povid_cli.backends.vlm import load_backend
 
         c = self.config
-        kw: dict = dict(model=c.model, sampling=self.sampling(), dtype=c.dtype, batch_size=c.batch_size,
-                        tensor_parallel=c.tensor_parallel, max_model_len=c.max_model_len)
-        if c.backend == "openai":
-            from povid_cli.backends.openai_client import APIConfig
-
-            kw["api"] = APIConfig(api_base=c.api_base, api_key_env=c.api_key_env, concurrency=c.concurrency,
-                                  rpm=c.rpm, timeout=c.timeout, max_retries=c.max_retries, cache_dir=c.cache_dir)
-        self.backend = load_backend(c.backend, **kw)
+        self.backend = load_backend(c.backend, model=c.model, sampling=self.sampling(), dtype=c.dtype,
+                                    batch_size=c.batch_size, tensor_parallel=c.tensor_parallel,
+                                    max_model_len=c.max_model_len, api=c.api)
 
     def close(self) -> None:
         if self.backend is not None:

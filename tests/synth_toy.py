@@ -137,15 +137,15 @@ TOY_REFS = {
 
 
 def use_toy_stages(monkeypatch) -> None:
-    from povid_cli.synth import pipeline
+    from povid_cli.synth import plan
 
-    monkeypatch.setattr(pipeline, "STAGE_REFS", dict(TOY_REFS))
+    monkeypatch.setattr(plan, "STAGE_REFS", dict(TOY_REFS))
 
 
 if __name__ == "__main__":  # python tests/synth_toy.py synth SRC -o DATA ...
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from povid_cli.synth import pipeline
+    from povid_cli.synth import plan
     from povid_cli.cli import app
 
-    pipeline.STAGE_REFS.update(TOY_REFS)
+    plan.STAGE_REFS.update(TOY_REFS)
     app(sys.argv[1:], prog_name="povid")

@@ -187,8 +187,8 @@ def test_replacement_is_atomic(cli, povid_data, tmp_path, monkeypatch):
     def boom(pairs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(conv.JSON_CONVERTERS, "povid", boom)
-    r = cli(["export", povid_data, "-o", out, "--format", "povid"])
+    monkeypatch.setitem(conv.JSON_CONVERTERS, "povid", boom)  # in this process: --workers 1
+    r = cli(["export", povid_data, "-o", out, "--format", "povid", "--workers", "1"])
     assert r.exit_code == 1 and "disk full" in r.output and "Traceback" not in r.output
     assert len(json.loads((out / "povid.json").read_text())) == 22
     assert _siblings(out) == []

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from povid_cli.core.store import Dataset
-from stages.hallucinate import HallucinateConfig, HallucinateStage, diff_edits
+from stages.hallucinate import HallucinateConfig, HallucinateStage
+from stages.hallucinate_llm import diff_edits
 from stages.hallucinate_rules import hallucinate
 
 
@@ -138,9 +139,11 @@ def test_scene_without_coco_objects_still_gets_an_object():
 
 
 def test_config_hash_ignores_speed_settings_and_rules_ignore_prompts():
-    a = HallucinateStage(HallucinateConfig(backend="openai", api_base="http://a/v1", concurrency=4, timeout=5))
-    b = HallucinateStage(HallucinateConfig(backend="openai", api_base="http://b/v1", concurrency=64, rpm=100,
-                                           cache_dir="/tmp/x", api_key_env="OTHER", max_retries=1))
+    from povid_cli.backends.openai_client import APIConfig
+
+    a = HallucinateStage(HallucinateConfig(backend="openai", api=APIConfig(api_base="http://a/v1", concurrency=4, timeout=5)))
+    b = HallucinateStage(HallucinateConfig(backend="openai", api=APIConfig(
+        api_base="http://b/v1", concurrency=64, rpm=100, cache_dir="/tmp/x", api_key_env="OTHER", max_retries=1)))
     assert a.config_hash() == b.config_hash()
     assert a.config_hash() != HallucinateStage(HallucinateConfig(backend="openai", model="other")).config_hash()
     assert HallucinateStage(HallucinateConfig()).prompts == ()
@@ -148,7 +151,7 @@ def test_config_hash_ignores_speed_settings_and_rules_ignore_prompts():
 
 def test_bad_backend_is_one_clear_line(cli, sample_data):
     r = cli(["hallucinate", sample_data, "--backend", "nope"])
-    assert r.exit_code == 2 and "unknown hallucinate backend" in r.output + (r.stderr or "")
+    assert r.exit_code == 2 and "--backend must be one of rules, openai, got 'nope'" in r.output + (r.stderr or "")
 
 
 def test_diff_edits_classifies_free_text_changes():

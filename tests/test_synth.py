@@ -165,8 +165,8 @@ def test_failed_rows_give_exit_1_and_the_rest_is_written(cli, toy, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--executor", "spark"], "unknown executor"),
-    (["--export", "csv"], "unknown export format"),
+    (["--executor", "spark"], "--executor must be one of local, ray, got 'spark'"),
+    (["--export", "csv"], "--export must be one of trl, povid, llava, sharegpt, none, got 'csv'"),
     (["--sample-backend", "vllm"], None),  # fine alone: sampling only starts with --vlm
 ])
 def test_bad_options_are_usage_errors(cli, toy, sample_dir, tmp_path, args, message):

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from povid_cli.synth.config_file import load
-from povid_cli.synth.pipeline import resolve
+from povid_cli.synth.plan import resolve
 from povid_cli.core.store import Dataset
 from synth_toy import use_toy_stages
 
@@ -76,9 +76,9 @@ def test_flags_override_the_file_and_the_effective_config_is_recorded(cli, tmp_p
     ('[hallucinate]\nwrod = "x"\n', "[hallucinate] has no option 'wrod'; valid options: backend, model, api_base, word"),
     ('[ingest]\nshard_size = "big"\n', "[ingest] shard_size must be an integer"),
     ('[sampel]\nmodel = "m"\n', "unknown section [sampel]"),
-    ('[run]\nexecutor = "spark"\n', "unknown executor 'spark'"),
-    ('[run]\nworkers = 0\n', "[run] workers must be a positive integer"),
-    ('[export]\nformat = "csv"\n', "unknown export format 'csv'"),
+    ('[run]\nexecutor = "spark"\n', "[run] executor must be one of local, ray, got 'spark'"),
+    ('[run]\nworkers = 0\n', "[run] workers must be at least 1, got 0"),
+    ('[export]\nformat = "csv"\n', "[export] format must be one of trl, povid, llava, sharegpt, none, got 'csv'"),
     ('[hallucinate\n', "is not valid TOML"),
 ])
 def test_a_bad_config_file_is_one_clear_line_and_exit_2(cli, tmp_path, sample_dir, monkeypatch, toml, message):

@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from povid_cli.core.errors import PovidError, RowError
+from povid_cli.core.options import Options, opt
+
+PANEL = "API client (openai backends)"
 
 log = logging.getLogger("povid.openai")
 
@@ -70,19 +73,21 @@ def is_refusal(text: str) -> bool:
 
 
 @dataclass(frozen=True)
-class APIConfig:
-    """Where to send requests and how hard to push. None of these change a response, so stages keep them
-    out of their config hash."""
+class APIConfig(Options):
+    """Where to send requests and how hard to push. None of these change a response, so they stay out of
+    every stage's config hash. One group, shared by every stage that talks to an API (hallucinate,
+    sample, filter's judge): flat flags on the command line (--api-base, --concurrency, ...), a
+    [<stage>.api] table (or flat keys) in povid.toml."""
 
-    api_base: str | None = None          # None: api.openai.com (or OPENAI_BASE_URL)
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
-    concurrency: int = 16                # requests in flight at once
-    rpm: float | None = None             # requests per minute (None: no limit)
-    timeout: float = 60.0                # seconds per request
-    max_retries: int = 5                 # retries after the first attempt, for transient errors only
-    cache_dir: str | None = None         # on-disk response cache (None: no cache)
-    backoff: float = 1.0                 # first backoff in seconds; doubles per retry, capped at max_backoff
-    max_backoff: float = 60.0
+    api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 for `vllm serve` [default: api.openai.com or $OPENAI_BASE_URL].", hash=False, panel=PANEL)
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable that holds the API key (the key itself is never printed or stored; a local server needs none).", hash=False, panel=PANEL)
+    concurrency: int = opt(16, "Requests in flight at once.", hash=False, min=1, panel=PANEL)
+    rpm: float | None = opt(None, "At most this many requests per minute [default: no limit].", hash=False, min=0.1, panel=PANEL)
+    timeout: float = opt(60.0, "Seconds per request before it is retried.", hash=False, min=0.1, panel=PANEL)
+    max_retries: int = opt(5, "Retries of a request after 429 / 5xx / timeouts (exponential backoff with jitter, Retry-After honoured).", hash=False, min=0, panel=PANEL)
+    cache_dir: str | None = opt(None, "Response cache folder [default: DATA/cache/<stage>]: re-runs never pay twice for a request.", hash=False, panel=PANEL)
+    backoff: float = opt(1.0, "First backoff in seconds; doubles per retry up to max_backoff.", hash=False, min=0.0, cli=False)
+    max_backoff: float = opt(60.0, "Longest backoff in seconds.", hash=False, min=0.0, cli=False)
 
 
 @dataclass

@@ -10,20 +10,14 @@
 
 from __future__ import annotations
 
-import importlib
+
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from povid_cli.core.errors import RowError, UsageError
+from povid_cli.core.errors import RowError
 
-# name -> (module, class). Modules are imported only when the backend is used.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "vllm": ("povid_cli.backends.vlm_vllm", "VLLMBackend"),
-    "transformers": ("povid_cli.backends.vlm_transformers", "TransformersBackend"),
-    "openai": ("povid_cli.backends.vlm_openai", "OpenAIBackend"),
-}
 
 
 @dataclass(frozen=True)
@@ -60,11 +54,11 @@ class VLMOutput:
 
 
 def load_backend(name: str, **kwargs: Any):
-    """Instantiate backend `name` (vllm | transformers | openai); its heavy imports happen here."""
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    """Instantiate VLM backend `name` from the registry (vllm | transformers | openai | a plug-in's); its
+    heavy imports happen here."""
+    from povid_cli.backends import registry
+
+    return registry.load("vlm", name)(**kwargs)
 
 
 def gpu_count() -> int:

@@ -17,6 +17,9 @@ from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest
 
 
 class OpenAIBackend:
+    local = False  # a server: any model it serves, no GPU here
+    whole_shards = True  # many requests in flight at once
+    can_score = False
     name = "openai"
 
     def __init__(self, model: str, sampling: Sampling, *, api: APIConfig | None = None, **_: Any):

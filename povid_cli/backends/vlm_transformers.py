@@ -29,6 +29,9 @@ def torch_dtype(torch, name: str, device: str):
 
 
 class TransformersBackend:
+    local = True
+    whole_shards = False  # fixed batches of `batch_size` items per generate call
+    can_score = True
     name = "transformers"
 
     def __init__(self, model: str, sampling: Sampling, *, dtype: str = "auto", batch_size: int | None = 8,

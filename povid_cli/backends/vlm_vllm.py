@@ -70,6 +70,9 @@ def release_engine() -> None:
 
 
 class VLLMBackend:
+    local = True  # a model in this process: its family must be supported, it may take a GPU
+    whole_shards = True  # the engine schedules its own batches: give it whole shards
+    can_score = True
     name = "vllm"
 
     def __init__(self, model: str, sampling: Sampling, *, dtype: str = "auto", batch_size: int | None = None,

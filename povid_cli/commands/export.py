@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from povid_cli.app import Limit, Verbose, command, console, make_progress, out
+from povid_cli.app import Limit, Verbose, Workers, command, console, make_progress, out
 
 
 @command("export")
@@ -16,6 +16,7 @@ def export_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="The export folder (local path or URL). Replaced atomically if it holds an earlier export.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="trl (Parquet for trl.DPOTrainer) | povid (POVID repo JSON) | llava (chosen answers) | sharegpt (chosen/rejected JSON).")] = "trl",
     kind: Annotated[str, typer.Option("--kind", help="Which pairs: text (hallucinate), image (distort + sample) or all.")] = "all",
+    workers: Workers = None,
     limit: Limit = None,
     verbose: Verbose = 0,
 ):
@@ -47,13 +48,21 @@ def export_cmd(
 
       povid export data -o povid-json --format povid --limit 100
     """
+    from povid_cli.core.executors import make_executor
     from povid_cli.export.job import export_dataset
     from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
     with ds.lock():
-        with make_progress() as progress:
-            s = export_dataset(ds, output, fmt.lower(), kind=kind.lower(), limit=limit, progress=progress)
+        ex = make_executor("local", workers)
+        try:
+            with make_progress() as progress:
+                s = export_dataset(ds, output, fmt.lower(), kind=kind.lower(), limit=limit, progress=progress,
+                                   executor=ex)
+        except BaseException:
+            ex.terminate()
+            raise
+        ex.close()
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
     what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
     console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))

@@ -1,4 +1,4 @@
-"""`povid synth SRC... -o DATA`: the whole pipeline in one command (see povid_cli/pipeline.py)."""
+"""`povid synth SRC... -o DATA`: the whole pipeline in one command (see povid_cli/synth/)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from povid_cli.app import Limit, RayAddress, RetryFailed, Verbose, Workers, command, console, make_progress, out
+from povid_cli.app import Executor, Limit, RayAddress, RetryFailed, Verbose, Workers, command, console, make_progress, out
 
 
 @command("synth")
@@ -23,7 +23,7 @@ def synth_cmd(
     distort: Annotated[Optional[list[str]], typer.Option("--distort", help="Distortion METHOD[:k=v,...] (repeat for several) \\[default: diffusion].")] = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Export format at the end: trl | povid | llava | sharegpt | none \\[default: trl].")] = None,
     export_dir: Annotated[Optional[str], typer.Option("--export-dir", help="Where the export goes \\[default: DATA/export/FORMAT]; replaced atomically.")] = None,
-    executor: Annotated[Optional[str], typer.Option("--executor", help="Where batches run: local (processes on this machine) or ray.")] = None,
+    executor: Executor = None,
     ray_address: RayAddress = None,
     workers: Workers = None,
     retry_failed: RetryFailed = False,
@@ -55,7 +55,8 @@ def synth_cmd(
       0 * * * *  cd /srv/povid && povid synth incoming/ -o data -c povid.toml >> synth.log 2>&1
     """
     from povid_cli.synth import config_file
-    from povid_cli.synth.pipeline import resolve, run_synth
+    from povid_cli.synth.plan import resolve
+    from povid_cli.synth.run import run_synth
 
     toml = config_file.load(config)
     flags = dict(llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,

@@ -1,7 +1,9 @@
-"""Where batches run: in this process, in a pool of local processes, or as Ray tasks.
+"""Where tasks run: in this process, in a pool of local processes, or on Ray actors.
 
-An executor maps a top-level function over (tag, args) tasks and yields (tag, result) as they finish.
-It only computes: reading and writing files stays with the runner in the driver process.
+An executor only schedules: `submit(fn, arg)` starts `fn(arg)` somewhere and returns a handle,
+`wait(handles)` returns those that finished, `result(handle)` gives the value (or raises the task's
+own error). The tasks themselves read their inputs and write their outputs (see core/tasks.py), so
+nothing but small task descriptions and counts crosses between processes.
 """
 
 from __future__ import annotations
@@ -9,12 +11,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from povid_cli.core.errors import PovidError, UsageError, require
+from povid_cli.core.options import Options, opt
 
-Task = tuple[Any, tuple]
+
+@dataclass(frozen=True)
+class RunOptions(Options):
+    """Where and how a job runs: every stage command's run flags, and the [run] section of povid.toml."""
+
+    executor: str = opt("local", "Where tasks run: local (processes on this machine) or ray.", choices=("local", "ray"))
+    workers: int | None = opt(None, "Parallel workers [default: local cores, or the Ray cluster's CPUs].", short="-w",
+                              min=1)
+    ray_address: str | None = opt(None, "Ray cluster address (ray://host:10001 or auto) [default: a local Ray].")
+    limit: int | None = opt(None, "Process only the first N items (to try things out).", min=1)
+    retry_failed: bool = opt(False, "Run again the rows that failed for any reason, not only transient ones.")
 
 
 def default_workers() -> int:
@@ -25,15 +39,28 @@ def default_workers() -> int:
 
 
 class InlineExecutor:
-    """Runs tasks one after another in this process (workers=1, or stages that hold a model)."""
+    """Runs each task in this process when it is submitted (workers=1, or stages that hold a model)."""
 
     name = "inline"
     workers = 1
     remote = False
 
-    def imap_unordered(self, fn: Callable, tasks: Iterable[Task], resources: dict | None = None) -> Iterator[tuple[Any, Any]]:
-        for tag, args in tasks:
-            yield tag, fn(*args)
+    def slots(self, resources: dict | None = None, max_workers: int | None = None) -> int:
+        return 1
+
+    def submit(self, fn: Callable, arg: Any, resources: dict | None = None, max_workers: int | None = None) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(arg))  # errors propagate at once: there is nothing else in flight to stop
+        return fut
+
+    def wait(self, handles: list) -> list:
+        return list(handles)
+
+    def result(self, handle: Future) -> Any:
+        return handle.result()
+
+    def release(self, resources: dict | None = None, early: bool = False) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -67,7 +94,7 @@ def _worker_init(parent_pid: int) -> None:
 
 
 class LocalExecutor:
-    """A pool of worker processes on this machine; at most 2 x workers tasks in flight (bounded memory)."""
+    """A pool of worker processes on this machine."""
 
     name = "local"
     remote = False
@@ -85,25 +112,21 @@ class LocalExecutor:
                                              initializer=_worker_init, initargs=(os.getpid(),))
         return self._pool
 
-    def imap_unordered(self, fn: Callable, tasks: Iterable[Task], resources: dict | None = None) -> Iterator[tuple[Any, Any]]:
-        pool = self._ensure_pool()
-        pending: dict = {}
-        it = iter(tasks)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < 2 * self.workers:
-                try:
-                    tag, args = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending[pool.submit(fn, *args)] = tag
-            if not pending:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                tag = pending.pop(fut)
-                yield tag, fut.result()
+    def slots(self, resources: dict | None = None, max_workers: int | None = None) -> int:
+        return max(1, min(self.workers, max_workers or self.workers))
+
+    def submit(self, fn: Callable, arg: Any, resources: dict | None = None, max_workers: int | None = None) -> Future:
+        return self._ensure_pool().submit(fn, arg)
+
+    def wait(self, handles: list) -> list:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, handle: Future) -> Any:
+        return handle.result()
+
+    def release(self, resources: dict | None = None, early: bool = False) -> None:
+        pass
 
     def close(self) -> None:
         if self._pool is not None:
@@ -111,7 +134,7 @@ class LocalExecutor:
             self._pool = None
 
     def terminate(self) -> None:
-        """Stop now (Ctrl-C, SIGTERM): kill the workers instead of waiting for their batches."""
+        """Stop now (Ctrl-C, SIGTERM): kill the workers instead of waiting for their tasks."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -125,14 +148,14 @@ class LocalExecutor:
 
 
 class _RayWorker:
-    """A Ray actor: one long-lived process that runs batches, so a stage's setup() (a model, a client)
+    """A Ray actor: one long-lived process that runs tasks, so a stage's setup() (a model, a client)
     happens once per actor, like once per process in the local pool."""
 
-    def run(self, fn: Callable, args: tuple) -> Any:
-        return fn(*args)
+    def run(self, fn: Callable, arg: Any) -> Any:
+        return fn(arg)
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast with one line when a host:port (or ray://host:port) Ray address does not answer."""
     import socket
 
@@ -151,12 +174,12 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 class RayExecutor:
     """The same tasks on a Ray cluster (`ray.init(address=...)`; a local Ray when no address).
 
-    Each stage gets a pool of actors sized to what the cluster can hold: one per CPU for CPU stages
-    (capped by --workers and by the stage's `max_workers`), one per GPU share for stages whose
-    `resources` ask for GPUs (`{"num_gpus": 1}`: one vLLM engine per GPU). CPU actors are reused by
-    the next stages (no start-up cost per stage); GPU actors end with their stage, so the GPU memory
-    is given back before the next one starts. Reading and writing shards stays with the driver, so
-    results are identical to the local executor.
+    Tasks run on pools of actors, one pool per resource shape, sized to what the cluster can hold: one
+    per CPU for CPU tasks (capped by --workers and the stage's `max_workers`), one per GPU share for
+    tasks that ask for GPUs (`{"num_gpus": 1}`: one vLLM engine per GPU). CPU actors are reused by the
+    next stages (no start-up cost per stage); GPU actors end with their stage (`release`), so the GPU
+    memory is given back before the next one starts. Tasks read and write DATA themselves, so DATA
+    must be on storage every node sees (a shared folder or an s3:// / gs:// URL).
     """
 
     name = "ray"
@@ -168,7 +191,7 @@ class RayExecutor:
         if not self.ray.is_initialized():
             kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
             if address:
-                _check_reachable(address)  # ray.init would retry an unreachable address for minutes
+                check_reachable(address)  # ray.init would retry an unreachable address for minutes
                 kwargs["address"] = address  # the cluster's nodes need povid installed (see README)
             else:
                 kwargs["num_cpus"] = workers or default_workers()
@@ -182,9 +205,18 @@ class RayExecutor:
             self._owns = True
         self.workers = workers or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         self._pools: dict[tuple, list] = {}  # actors per resource shape, reused by later stages
+        self._load: dict[Any, int] = {}  # tasks in flight per actor
+        self._where: dict[Any, Any] = {}  # ObjectRef -> actor
 
-    def _pool_size(self, opts: dict, max_workers: int | None) -> int:
+    @staticmethod
+    def _opts(resources: dict | None) -> dict:
+        opts: dict[str, Any] = {"num_cpus": 1}
+        opts.update(resources or {})
+        return opts
+
+    def slots(self, resources: dict | None = None, max_workers: int | None = None) -> int:
         """Actors for one stage: one per GPU share for GPU stages, else --workers capped by max_workers."""
+        opts = self._opts(resources)
         total = self.ray.cluster_resources()
         for res, key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
             need, have = float(opts.get(res) or 0), float(total.get(key, 0))
@@ -196,58 +228,54 @@ class RayExecutor:
             return max(1, min(self.workers, int(float(total["GPU"]) // float(opts["num_gpus"]))))
         return max(1, min(self.workers, max_workers or self.workers))
 
-    def imap_unordered(self, fn: Callable, tasks: Iterable[Task], resources: dict | None = None,
-                       max_workers: int | None = None) -> Iterator[tuple[Any, Any]]:
-        ray = self.ray
-        opts: dict[str, Any] = {"num_cpus": 1}
-        opts.update(resources or {})
-        size = self._pool_size(opts, max_workers)
-        key = tuple(sorted(opts.items()))
-        pool = self._pools.setdefault(key, [])
+    def _actors(self, resources: dict | None, max_workers: int | None) -> list:
+        opts = self._opts(resources)
+        size = self.slots(resources, max_workers)
+        pool = self._pools.setdefault(tuple(sorted(opts.items())), [])
         if len(pool) < size:
-            actor_cls = ray.remote(**opts)(_RayWorker)
+            actor_cls = self.ray.remote(**opts)(_RayWorker)
             pool += [actor_cls.remote() for _ in range(size - len(pool))]
-        actors = pool[:size]
-        load = {i: 0 for i in range(size)}
-        in_flight: dict = {}
-        it = iter(tasks)
-        exhausted = False
+        return pool[:size]
+
+    def submit(self, fn: Callable, arg: Any, resources: dict | None = None, max_workers: int | None = None):
+        actors = self._actors(resources, max_workers)
+        actor = min(actors, key=lambda a: self._load.get(a, 0))
+        self._load[actor] = self._load.get(actor, 0) + 1
+        ref = actor.run.remote(fn, arg)
+        self._where[ref] = actor
+        return ref
+
+    def wait(self, handles: list) -> list:
+        ready, _ = self.ray.wait(list(handles), num_returns=1)
+        return ready
+
+    def result(self, handle) -> Any:
+        actor = self._where.pop(handle, None)
+        if actor is not None:
+            self._load[actor] -= 1
         try:
-            while True:
-                while not exhausted and len(in_flight) < 2 * size:  # two per actor: no idle gaps
-                    try:
-                        tag, args = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    i = min(load, key=load.get)
-                    load[i] += 1
-                    in_flight[actors[i].run.remote(fn, args)] = (tag, i)
-                if not in_flight:
-                    return
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    tag, i = in_flight.pop(ref)
-                    load[i] -= 1
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        cause = getattr(e, "cause", None)  # the stage's own error (PovidError...), not Ray's wrapper
-                        raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
-                    yield tag, result
-        finally:
-            if in_flight:  # stopped early (an error, Ctrl-C): actors may be busy with stale work
-                self._kill_actors()
-            elif opts.get("num_gpus"):
-                self._kill_actors(key)  # give the GPU memory back before the next stage
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)  # the task's own error (PovidError...), not Ray's wrapper
+            raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
+
+    def release(self, resources: dict | None = None, early: bool = False) -> None:
+        """After a stage: on an early stop every actor may be busy with stale work; GPU actors always go."""
+        if early:
+            self._kill_actors()
+        elif self._opts(resources).get("num_gpus"):
+            self._kill_actors(tuple(sorted(self._opts(resources).items())))
 
     def _kill_actors(self, key: tuple | None = None) -> None:
         for k in [key] if key is not None else list(self._pools):
             for a in self._pools.pop(k, []):
+                self._load.pop(a, None)
                 try:
                     self.ray.kill(a)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
+        if key is None:
+            self._where.clear()
 
     def close(self) -> None:
         self._kill_actors()
@@ -272,4 +300,4 @@ def make_executor(name: str = "local", workers: int | None = None, address: str 
     raise UsageError(f"unknown executor {name!r}; choose local or ray")
 
 
-__all__ = ["InlineExecutor", "LocalExecutor", "RayExecutor", "make_executor", "default_workers"]
+__all__ = ["RunOptions", "InlineExecutor", "LocalExecutor", "RayExecutor", "make_executor", "default_workers", "check_reachable"]

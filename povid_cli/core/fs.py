@@ -39,6 +39,13 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def process_local(self) -> bool:
+        """An in-memory filesystem (memory://): worker processes would not see what this one writes."""
+        handler = getattr(self.fs, "handler", None)
+        proto = getattr(getattr(handler, "fs", None), "protocol", None)
+        return "memory" in (proto if isinstance(proto, (tuple, list)) else (proto,))
+
     def join(self, *parts: str) -> "Location":
         sep_join = os.path.join if self.is_local else posixpath.join
         return Location(self.fs, sep_join(self.path, *parts), sep_join(self.url, *parts))
@@ -110,6 +117,29 @@ class Location:
     def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path, filesystem=self.fs, columns=columns)
 
+    def parquet_num_rows(self) -> int:
+        with self.fs.open_input_file(self.path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    def read_parquet_rows(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows [start, stop): only the row groups that overlap the range are read and decoded."""
+        with self.fs.open_input_file(self.path) as f:
+            pf = pq.ParquetFile(f)
+            md = pf.metadata
+            stop = md.num_rows if stop is None else min(stop, md.num_rows)
+            if start == 0 and stop == md.num_rows:
+                return pf.read(columns=columns)
+            groups, first, at = [], None, 0
+            for g in range(md.num_row_groups):
+                n = md.row_group(g).num_rows
+                if at + n > start and at < stop:
+                    groups.append(g)
+                    first = at if first is None else first
+                at += n
+            if not groups:
+                return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
+            return pf.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+
     def parquet_metadata(self) -> dict[str, str]:
         with self.fs.open_input_file(self.path) as f:
             md = pq.ParquetFile(f).schema_arrow.metadata or {}
@@ -126,7 +156,7 @@ class Location:
             # Row groups of ~64 rows keep image-heavy shards streamable by datasets / pyarrow readers.
             # Dictionary-encoding image bytes never pays (every value differs) and doubles write time.
             dict_cols = [f.name for f in table.schema if not _holds_binary(f.type)]
-            pq.write_table(table, tmp.path, filesystem=self.fs, row_group_size=64, compression="zstd",
+            pq.write_table(table, tmp.path, filesystem=self.fs, row_group_size=64, compression=_codecs(table.schema),
                            use_dictionary=dict_cols)
             if self.is_local:
                 _fsync(tmp.path)
@@ -134,6 +164,25 @@ class Location:
         except BaseException:
             tmp.delete()
             raise
+
+
+def _codecs(schema: pa.Schema) -> dict[str, str]:
+    """zstd for every leaf column but binary ones: image bytes are JPEG/PNG already, and noise does not
+    compress, so zstd there costs time (on write and on every read) for nothing."""
+    out: dict[str, str] = {}
+
+    def walk(path: str, t: pa.DataType) -> None:
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                walk(f"{path}.{t.field(i).name}", t.field(i).type)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            walk(f"{path}.list.element", t.value_type)
+        else:
+            out[path] = "none" if (pa.types.is_binary(t) or pa.types.is_large_binary(t)) else "zstd"
+
+    for f in schema:
+        walk(f.name, f.type)
+    return out
 
 
 def _holds_binary(t: pa.DataType) -> bool:

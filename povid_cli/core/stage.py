@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import pyarrow as pa
 
 from povid_cli.core.errors import PovidError, RowError, TransientError
+from povid_cli.core.options import hashed
 from povid_cli.core.templates import prompt_hash
 from povid_cli.core.store import digest
 
@@ -91,14 +92,22 @@ class Result:
             self.usage[k] = self.usage.get(k, 0) + v
 
 
-def hashed_fields(config: Any) -> dict:
-    """The config fields that change a stage's output (fields with metadata hash=False are left out)."""
-    out = {}
-    for f in dataclasses.fields(config):
-        if f.metadata.get("hash", True):
-            v = getattr(config, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+class DataView:
+    """What a stage may ask about DATA before it runs (the runner reads; the stage never opens a file)."""
+
+    def __init__(self, ds):
+        self._ds = ds
+        self.url = ds.root.url
+
+    def has(self, output: str) -> bool:
+        return self._ds.has(output)
+
+    def all_null(self, output: str, column: str) -> bool:
+        """True when no row of `output` has a value in `column` (or there is no such output)."""
+        for k in self._ds.shard_ids(output):
+            if self._ds.read_shard(output, k, columns=[column]).column(column).null_count < self._ds.num_rows(output, k):
+                return False
+        return True
 
 
 class Stage:
@@ -111,6 +120,7 @@ class Stage:
     schemas: ClassVar[dict[str, pa.Schema]]
     Config: ClassVar[type]
     prompts: ClassVar[tuple[str, ...]] = ()  # prompt templates whose hash is part of the config hash
+    uses_api: bool = False  # talks to an API: the job gives it a response cache (DATA/cache/<stage>)
     version: ClassVar[str] = "1"  # bump when the stage's logic changes its output: done shards re-run
     batch_size: ClassVar[int | None] = 32  # None: the whole shard at once (engines that schedule themselves)
     max_workers: ClassVar[int | None] = None  # 1 for stages that hold one model per process
@@ -126,9 +136,15 @@ class Stage:
         return dataclasses.asdict(self.config)
 
     def config_hash(self) -> str:
-        return digest(self.name, self.version, hashed_fields(self.config), {p: prompt_hash(p) for p in self.prompts})
+        return digest(self.name, self.version, hashed(self.config), {p: prompt_hash(p) for p in self.prompts})
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def check(cls, data: "DataView") -> None:
+        """Refuse to run, with one clear line, when DATA cannot feed this stage (called before the stage is
+        built by the commands, and before planning by the runner)."""
+
+    # -- lifecycle (per worker process) ----------------------------------------------------------
     def ensure_ready(self) -> None:
         if not self._ready:
             self.setup()

@@ -79,6 +79,11 @@ class Dataset:
         return cls(root, manifest)
 
     @classmethod
+    def at(cls, path: str) -> "Dataset":
+        """DATA for a worker: its shards, without reading (or ever writing) the manifest."""
+        return cls(resolve(path), {})
+
+    @classmethod
     def open_or_create(cls, path: str) -> "Dataset":
         """Open DATA, or create it if it is missing or an empty folder. Anything else is refused."""
         root = resolve(path)
@@ -146,6 +151,15 @@ class Dataset:
 
     def read_shard(self, output: str, k: int, columns: list[str] | None = None) -> pa.Table:
         return self.shard(output, k).read_parquet(columns=columns)
+
+    def num_rows(self, output: str, k: int) -> int:
+        """Rows of a shard, from its footer (nothing else is read)."""
+        return self.shard(output, k).parquet_num_rows()
+
+    def read_rows(self, output: str, k: int, start: int = 0, stop: int | None = None,
+                  columns: list[str] | None = None) -> pa.Table:
+        """Rows [start, stop) of a shard, reading only the row groups that hold them."""
+        return self.shard(output, k).read_parquet_rows(start, stop, columns)
 
     def write_shard(self, output: str, k: int, table: pa.Table, key: str, extra: dict[str, str] | None = None) -> None:
         md = {KEY_FIELD: key, "povid.version": __version__}

@@ -1,144 +1,63 @@
-"""Writing an export: DATA's pairs -> OUT in one format, replaced atomically.
+"""The export job: DATA's pairs -> OUT in one format, built by the workers, swapped in when complete.
 
-`export_dataset(ds, out, fmt)` is what `povid export` and `povid synth --export` call. The export is
-written into a temporary sibling folder of OUT and swapped in only when complete (old OUT renamed
-away, new one renamed in, old one deleted), so a training job reading the previous export never sees a
-half-written one. OUT carries a `povid-export.json` marker; a folder without it is never replaced.
+`export_dataset(ds, out, fmt)` is what `povid export` calls; `export_if_changed` is what `povid synth`
+calls (it skips the export when the pairs and options did not change since the last one). The driver
+plans from light columns (kind, rejected), the workers convert one source shard each
+(povid_cli/export/tasks.py) into a temporary sibling of OUT, and OUT is replaced only by a complete
+export (povid_cli/export/swap.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
-from typing import Iterator
+import time
+from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-
-from povid_cli.export import formats as conv
-
-from povid_cli.core.version import __version__
 from povid_cli.core.errors import PovidError, UsageError
-from povid_cli.core.fs import Location, resolve
-from povid_cli.core.store import Dataset, now_iso
+from povid_cli.core.executors import InlineExecutor
+from povid_cli.core.fs import resolve
+from povid_cli.core.options import Options, opt
+from povid_cli.core.schedule import run_tasks
+from povid_cli.core.store import Dataset, digest, now_iso
+from povid_cli.core.version import __version__
+from povid_cli.export import formats as conv
+from povid_cli.export import tasks as T
+from povid_cli.export.swap import MARKER, check_out, clean_leftovers, sibling, swap_in
 
-MARKER = "povid-export.json"
 MAX_EXPORTS_KEPT = 50
 
 
-def source_pairs(ds: Dataset, kind: str = "all", limit: int | None = None) -> Iterator[list[dict]]:
-    """Pair rows shard by shard: `pairs` when filter has run, else items that carry a ready `rejected`."""
-    use_pairs = ds.has("pairs")
-    left = limit
-    for k in ds.shard_ids("pairs" if use_pairs else "items"):
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    """The export `povid synth` writes at the end of every run (the [export] section of povid.toml)."""
+
+    format: str = opt("trl", "trl | povid | llava | sharegpt | none (no export).", choices=conv.FORMATS + ("none",))
+    dir: str | None = opt(None, "Where the export goes [default: DATA/export/<format>]; replaced atomically.")
+    kind: str = opt("all", "Which pairs: text | image | all.", choices=conv.KINDS)
+
+
+def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[int, int | None]]:
+    """(shard, pairs to take or None for all) for every shard that contributes, from light columns only."""
+    out, left = [], limit
+    for k in ds.shard_ids(source):
         if left is not None and left <= 0:
-            return
-        rows = ds.read_shard("pairs" if use_pairs else "items", k).to_pylist()
-        pairs = conv.select(rows if use_pairs else conv.pairs_from_items(rows), kind, left)
-        if left is not None:
-            left -= len(pairs)
-        if pairs:
-            yield pairs
-
-
-def _num_rows(loc: Location) -> int:
-    import pyarrow.parquet as pq
-
-    with loc.fs.open_input_file(loc.path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
-def _check_out(ds: Dataset, out: Location) -> None:
-    if type(out.fs) is type(ds.root.fs):
-        o, d = out.path.rstrip("/\\"), ds.root.path.rstrip("/\\")
-        if o == d or d.startswith(o + "/") or d.startswith(o + os.sep):
-            raise UsageError(f"the export folder {out.url} would replace the dataset itself; choose another -o")
-    if out.exists():
-        if not out.is_dir():
-            raise PovidError(f"{out.url} exists and is not a folder; refusing to replace it")
-        names = out.listdir()
-        if names and MARKER not in names:
-            raise PovidError(f"{out.url} is not empty and is not a povid export (no {MARKER}); refusing to replace it")
-
-
-def _sibling(out: Location, prefix: str) -> Location:
-    parent = out.parent()
-    name = os.path.basename(out.path.rstrip("/"))
-    return parent.join(f"{prefix}{uuid.uuid4().hex[:8]}-{name}")
-
-
-def _move(fs: pafs.FileSystem, src: str, dst: str) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):
-        os.rename(src, dst)  # atomic for a folder on POSIX
-        return
-    try:
-        fs.move(src, dst)
-    except (NotImplementedError, pa.ArrowNotImplementedError, OSError):
-        # Object stores cannot rename folders: copy, then remove the source.
-        pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
-        fs.delete_dir(src)
-
-
-def swap_in(tmp: Location, out: Location) -> None:
-    """Replace OUT by the complete export in `tmp`: old away, new in, old deleted."""
-    old = None
-    if out.exists():
-        old = _sibling(out, ".old-")
-        _move(out.fs, out.path, old.path)
-    try:
-        _move(out.fs, tmp.path, out.path)
-    except BaseException:
-        if old is not None:  # put the previous export back
-            _move(out.fs, old.path, out.path)
-        raise
-    if old is not None:
-        old.delete()
-
-
-def _write(fmt: str, tmp: Location, batches: Iterator[list[dict]], progress=None, total: int | None = None) -> dict:
-    counts = {"rows": 0, "pairs": 0, "images": 0, "files": []}
-    kinds: dict[str, int] = {}
-    records: list[dict] = []
-    written_images: set[str] = set()
-    task = progress.add_task("export", total=total) if progress is not None else None
-    for i, pairs in enumerate(batches):
-        counts["pairs"] += len(pairs)
-        for p in pairs:
-            kinds[p.get("kind") or "?"] = kinds.get(p.get("kind") or "?", 0) + 1
-        if fmt == "trl":
-            table = pa.Table.from_pylist(conv.to_trl(pairs), schema=conv.TRL)
-            name = f"train-{i:05d}.parquet"
-            feats = conv.hf_features(conv.TRL, {"images": "List"})
-            tmp.join(name).write_parquet_atomic(table, {"huggingface": json.dumps(feats)})
-            counts["rows"] += table.num_rows
-            counts["files"].append(name)
+            break
+        if source == "pairs":
+            kinds = ds.read_shard(source, k, columns=["kind"]).column("kind").to_pylist()
+            n = len(kinds) if kind == "all" else sum(1 for x in kinds if x == kind)
         else:
-            recs = conv.JSON_CONVERTERS[fmt](pairs)
-            if fmt == "llava":  # one record per item, across shards too
-                have = {r["id"] for r in records}
-                recs = [r for r in recs if r["id"] not in have]
-            records.extend(recs)
-            for rel, data in conv.image_files(pairs).items():
-                if rel not in written_images:
-                    tmp.join(*rel.split("/")).write_bytes_atomic(data)
-                    written_images.add(rel)
-        if task is not None:
-            progress.advance(task, len(pairs))
-    if task is not None:
-        progress.update(task, completed=counts["pairs"], total=counts["pairs"])  # --kind skipped some
-    if fmt != "trl":
-        name = conv.JSON_FILES[fmt]
-        tmp.join(name).write_json_atomic(records)
-        counts["rows"] = len(records)
-        counts["images"] = len(written_images)
-        counts["files"] = [name, "images/"]
-    counts["kinds"] = kinds
-    return counts
+            t = ds.read_shard(source, k, columns=["rejected", "has_answer"]).to_pylist()
+            n = sum(1 for r in t if r["rejected"] and r["has_answer"] is not False) if kind in ("all", "text") else 0
+        if n == 0:
+            continue
+        take = None if left is None or n <= left else left
+        out.append((k, take))
+        if left is not None:
+            left -= min(n, left)
+    return out
 
 
 def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit: int | None = None,
-                   progress=None) -> dict:
+                   progress=None, executor=None) -> dict:
     """Export DATA's pairs to OUT (local path or URL) in `fmt`; returns a summary, also recorded in the
     manifest under `exports`. The caller holds ds.lock() (the manifest is written)."""
     if fmt not in conv.FORMATS:
@@ -146,26 +65,48 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     if kind not in conv.KINDS:
         raise UsageError(f"unknown kind {kind!r}; choose one of {', '.join(conv.KINDS)}")
     target = resolve(out)
-    _check_out(ds, target)
+    check_out(ds, target)
     source = "pairs" if ds.has("pairs") else "items"
     if source == "items" and not ds.has("items"):
         raise PovidError(f"{ds.root.url} has no items yet; run `povid ingest` first")
+    if executor is None or target.process_local or ds.root.process_local:
+        executor = InlineExecutor()  # an in-memory filesystem is not shared with worker processes
 
+    clean_leftovers(target.url)
+    plan = _plan(ds, source, kind, limit)
+    if not plan:
+        what = "pairs" if kind == "all" else f"{kind} pairs"
+        hint = ("" if source == "pairs" else
+                "; run `povid filter` (or `povid synth`) first: before it, only items with a ready rejected "
+                "answer (POVID or TRL input) can be exported")
+        raise PovidError(f"{ds.root.url} has no {what} to export{hint}")
     target.parent().makedirs()
-    tmp = _sibling(target, ".tmp-")
+    tmp = sibling(target, ".tmp-")
     tmp.makedirs()
+    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take) for i, (k, take) in enumerate(plan)]
+    task_id = progress.add_task("export", total=len(tasks)) if progress is not None else None
+    counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}}
+
+    def done(task, res: T.ConvertResult):
+        if isinstance(task, T.AssembleTask):
+            counts.update(rows=res.rows, images=res.images, files=res.files)
+            return None
+        counts["pairs"] += res.pairs
+        counts["rows"] += res.rows
+        counts["files"] += res.files
+        for k, n in res.kinds.items():
+            counts["kinds"][k] = counts["kinds"].get(k, 0) + n
+        if task_id is not None:
+            progress.advance(task_id)
+        converted.append(task.index)
+        if fmt != "trl" and len(converted) == len(tasks):
+            return [T.AssembleTask(tmp.url, fmt, tuple(range(len(tasks))))]
+        return None
+
+    converted: list[int] = []
     try:
-        total = None
-        if progress is not None:  # rows to look at, from the Parquet footers (the kind filter may skip some)
-            total = sum(_num_rows(ds.shard(source, k)) for k in ds.shard_ids(source))
-            total = min(total, limit) if limit is not None else total
-        counts = _write(fmt, tmp, source_pairs(ds, kind, limit), progress, total)
-        if counts["pairs"] == 0:
-            what = "pairs" if kind == "all" else f"{kind} pairs"
-            hint = ("" if source == "pairs" else
-                    "; run `povid filter` (or `povid synth`) first: before it, only items with a ready rejected "
-                    "answer (POVID or TRL input) can be exported")
-            raise PovidError(f"{ds.root.url} has no {what} to export{hint}")
+        run_tasks(executor, T.run, tasks, done)
+        counts["files"] = sorted(counts["files"]) if fmt == "trl" else counts["files"]
         summary = {"format": fmt, "path": target.url, "kind": kind, "rows": counts["rows"], "pairs": counts["pairs"],
                    "kinds": counts["kinds"], "images": counts["images"], "source": source, "limit": limit,
                    "files": counts["files"], "time": now_iso(), "dataset": ds.root.url, "povid_version": __version__}
@@ -180,3 +121,30 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     ds.manifest["exports"] = exports[-MAX_EXPORTS_KEPT:]
     ds.save_manifest()
     return summary
+
+
+def export_key(ds: Dataset, fmt: str, kind: str, limit: int | None = None) -> str:
+    """What an export is made from: the pairs shards' keys and the export options."""
+    pairs = [(k, ds.shard_key("pairs", k)) for k in ds.shard_ids("pairs")]
+    return digest(fmt, kind, limit, pairs)
+
+
+def export_if_changed(ds: Dataset, dest: str, fmt: str, kind: str = "all", limit: int | None = None, *,
+                      progress=None, executor=None) -> dict:
+    """synth's export: skipped when DATA's pairs and the options are the same as for the last one and
+    DEST is still there. The result is recorded under manifest["synth"]["export"]."""
+    key = export_key(ds, fmt, kind, limit)
+    rec = ds.manifest.setdefault("synth", {})
+    prev = rec.get("export") or {}
+    t0 = time.perf_counter()
+    clean_leftovers(dest)
+    if prev.get("key") == key and prev.get("path") == dest and resolve(dest).exists():
+        return {**prev, "skipped": True, "seconds": 0.0}
+    n_pairs = sum(ds.num_rows("pairs", k) for k in ds.shard_ids("pairs"))
+    if n_pairs == 0:
+        return {"path": dest, "format": fmt, "rows": 0, "skipped": True, "seconds": 0.0, "note": "no pairs to export"}
+    s = export_dataset(ds, dest, fmt, kind=kind, limit=limit, progress=progress, executor=executor)
+    info = {"key": key, "path": dest, "format": fmt, "kind": kind, "rows": s.get("rows"), "finished": now_iso()}
+    rec["export"] = info
+    ds.save_manifest()
+    return {**info, "skipped": False, "seconds": time.perf_counter() - t0}

@@ -1,30 +1,37 @@
-"""The ingest runner: sources -> new `items` shards, with the image work spread over the executor.
+"""The ingest job: sources -> new `items` shards, planned here, computed by the executor's workers.
 
-1. Read every SRC into records (annotation files only) and hash each record's image bytes.
-2. Drop records whose id is already in `items` (re-ingesting a folder adds only what is new).
-3. Cut the new records into shards of `shard_size`, numbered after the last existing shard, and
-   normalise their images in parallel. Each shard is written atomically once all its rows are back.
-4. Records that fail (bad JSON, missing or broken image, a path outside the image root) go to
-   `failed/ingest/` with a reason; a later run that can ingest them removes them from there.
+1. Read every SRC into records (annotation files and folder listings only: no image bytes here).
+2. Hash each record's image in the workers (`HashTask`): the item id needs it.
+3. Drop records whose id is already in `items` (re-ingesting a folder adds only what is new).
+4. Cut the new records into shards of `shard_size`, numbered after the last existing shard; each
+   shard (or row range of it, when there are fewer shards than workers) is an `ItemsTask` that reads,
+   normalises and writes its images itself.
+5. Records that fail (bad JSON, missing or broken image, a path outside the image root) go to
+   `failed/ingest/` with a reason; a later run that reads their source again replaces them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from povid_cli.ingest.normalise import IngestConfig, image_sha256, item_id, normalise_records
-from povid_cli.ingest.sources import Record, collect_instances, read_source
-
 from povid_cli.core.errors import PovidError
-from povid_cli.core.schemas import ITEMS
+from povid_cli.core.runs import record_run
+from povid_cli.core.schedule import run_tasks
+from povid_cli.core.shard_task import PARTS, MergeTask, ShardResult, part_bounds
+from povid_cli.core.shard_task import run as run_merge
 from povid_cli.core.stage import FAILED_SCHEMA, failure
 from povid_cli.core.store import Dataset, digest, now_iso
+from povid_cli.ingest import tasks as T
+from povid_cli.ingest.normalise import IngestConfig, item_id
+from povid_cli.ingest.sources import Record, collect_instances, read_source
 
-BATCH = 32
+HASH_BATCH = 64
+MIN_PART = 32  # rows: smaller parts cost more in task overhead than they save
 
 
 @dataclass
@@ -49,18 +56,15 @@ def _detail(rec: Record) -> str:
     return json.dumps({"source": rec.source, "source_id": rec.source_id, "image": rec.image_name, "turn": rec.turn})
 
 
-def _read_bytes(rec: Record) -> bytes:
-    if rec.image_bytes is not None:
-        return rec.image_bytes
-    with open(rec.image_path, "rb") as f:
-        return f.read()
-
-
-def _as_task_dict(rec: Record, data: bytes | None, sha: str, iid: str) -> dict:
+def _task_record(rec: Record) -> dict:
     d = asdict(rec)
-    d.pop("image_bytes", None)
-    d.update(bytes=data, image_sha256=sha, id=iid)
+    d.pop("extra", None)
     return d
+
+
+def _work(task):
+    """What the executor runs: ingest's own tasks, or merging the parts of a shard."""
+    return run_merge(task) if isinstance(task, MergeTask) else T.run(task)
 
 
 def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, limit: int | None = None,
@@ -70,6 +74,7 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     started = now_iso()
     run = IngestRun()
     ds.clean_tmp()
+    ds.root.join(PARTS, T.JOB).delete()  # parts of a killed run
     instances: dict[str, list[str]] = {}
     for src in sources:
         instances.update(collect_instances(src) or {})
@@ -77,100 +82,111 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     seen = set(existing.column("id").to_pylist()) if existing is not None else set()
 
     failures: list[dict] = []
-    candidates: list[tuple[Record, str, str]] = []
+    records: list[Record] = []
     for src in sources:
         for rec in read_source(src, config.image_root, config.prompt, instances):
             run.scanned += 1
-            det = _detail(rec)
             if rec.error:
                 failures.append(failure(None, f"{rec.source}{'#' + rec.source_id if rec.source_id else ''}: {rec.error}",
-                                        kind=rec.error_kind, detail=det))
+                                        kind=rec.error_kind, detail=_detail(rec)))
+            else:
+                records.append(rec)
+    try:
+        shas = _hash(records, executor, progress)
+        candidates: list[tuple[Record, str, str]] = []
+        for i, rec in enumerate(records):
+            sha, err = shas[i]
+            if err:
+                failures.append(failure(None, f"{rec.image_name}: {err}", kind="missing_image", detail=_detail(rec)))
                 continue
-            try:
-                data = _read_bytes(rec)
-            except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
-                failures.append(failure(None, f"{rec.image_name}: image cannot be read ({type(e).__name__}: "
-                                              f"{getattr(e, 'strerror', None) or e})", kind="missing_image", detail=det))
-                continue
-            sha = image_sha256(data)
             iid = item_id(sha, rec.prompt)
             if iid in seen:
                 run.already += 1
                 continue
             seen.add(iid)
             candidates.append((rec, sha, iid))
-    if limit is not None:
-        candidates = candidates[:limit]
-
-    start = max(ds.shard_ids("items"), default=-1) + 1
-    size = max(1, config.shard_size)
-    chunks = [candidates[i : i + size] for i in range(0, len(candidates), size)]
-    task_id = progress.add_task("ingest", total=len(candidates)) if progress is not None and candidates else None
-    rec_shards = ds.stage_record("ingest").setdefault("shards", {})
-    ds.stage_record("ingest").update(config=asdict(config), sources=sorted(set(ds.stage_record("ingest").get("sources", [])) | set(sources)))
-
-    def tasks():
-        for c, chunk in enumerate(chunks):
-            for b in range(0, len(chunk), BATCH):
-                # Files are read again by the worker (not shipped through the pool's pipes); embedded
-                # images (Parquet sources) travel with the task.
-                batch = [_as_task_dict(r, r.image_bytes, sha, iid) for r, sha, iid in chunk[b : b + BATCH]]
-                yield (c, b // BATCH, len(batch)), (batch, config)
-
-    parts: dict[int, dict[int, tuple]] = {}
-    n_batches = {c: (len(chunk) + BATCH - 1) // BATCH for c, chunk in enumerate(chunks)}
-    try:
-        for (c, b, n), (rows, failed) in executor.imap_unordered(normalise_records, tasks()):
-            parts.setdefault(c, {})[b] = (rows, failed)
-            if task_id is not None:
-                progress.advance(task_id, n)
-            if len(parts[c]) < n_batches[c]:
-                continue
-            rows_c, failed_c = [], []
-            for j in range(n_batches[c]):
-                rows_c.extend(parts[c][j][0])
-                failed_c.extend(parts[c][j][1])
-            del parts[c]
-            failures.extend(failed_c)
-            if rows_c:
-                k = start + c
-                table = items_table(rows_c)
-                ds.write_shard("items", k, table, digest(sorted(r["id"] for r in rows_c)))
-                rec_shards[f"{k:05d}"] = {"rows": {"items": len(rows_c)}, "failed": len(failed_c), "finished": now_iso()}
-                run.shards.append(k)
-                run.new += len(rows_c)
-                ds.save_manifest()
+        if limit is not None:
+            candidates = candidates[:limit]
+        _write(ds, candidates, config, executor, progress, run, failures)
     finally:
         _write_failures(ds, failures, sources)
         run.failed = len(failures)
         run.failures = failures
         run.seconds = time.perf_counter() - t0
         rec = ds.stage_record("ingest")
-        last = {"started": started, "seconds": round(run.seconds, 3), "scanned": run.scanned, "new": run.new,
-                "already": run.already, "failed": run.failed, "shards": run.shards, "limit": limit}
-        rec["last_run"] = last
-        rec["runs"] = (rec.get("runs", []) + [last])[-50:]
-        ds.save_manifest()
+        rec.update(config=asdict(config), sources=sorted(set(rec.get("sources", [])) | set(sources)))
+        record_run(ds, rec, {"started": started, "seconds": round(run.seconds, 3), "scanned": run.scanned,
+                             "new": run.new, "already": run.already, "failed": run.failed, "shards": run.shards,
+                             "limit": limit})
     return run
 
 
-def items_table(rows: list[dict]) -> pa.Table:
-    """rows -> an ITEMS table, the image bytes as one buffer. `from_pylist` grows the Arrow binary buffer
-    row by row, which in a fresh process costs ~8x more (0.58 s vs 0.07 s for 300 640x480 JPEGs)."""
-    import numpy as np
+def _hash(records: list[Record], executor, progress) -> list[tuple[str | None, str | None]]:
+    """(sha256, error) per record, computed by the workers."""
+    out: list = [None] * len(records)
+    tasks = [T.HashTask(tuple({"i": i, "image_path": r.image_path, "image_ref": r.image_ref}
+                              for i, r in enumerate(records[a : a + HASH_BATCH], start=a)))
+             for a in range(0, len(records), HASH_BATCH)]
+    task_id = progress.add_task("hash", total=len(records)) if progress is not None and records else None
 
-    datas = [r["image"]["bytes"] for r in rows]
-    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
-    np.cumsum([len(d) for d in datas], out=offsets[1:])
-    if offsets[-1] >= 2**31 - 1:  # > 2 GiB in one shard: let pyarrow chunk it
-        return pa.Table.from_pylist(rows, schema=ITEMS)
-    data = pa.Array.from_buffers(pa.binary(), len(datas), [None, pa.py_buffer(offsets.astype(np.int32)),
-                                                          pa.py_buffer(b"".join(datas))])
-    image = pa.StructArray.from_arrays([data, pa.array([r["image"]["path"] for r in rows], pa.string())],
-                                       fields=list(ITEMS.field("image").type))
-    table = pa.Table.from_pylist([{**r, "image": None} for r in rows], schema=ITEMS)
-    i = ITEMS.get_field_index("image")
-    return table.set_column(i, ITEMS.field(i), image)
+    def done(task, result):
+        for i, sha, err in result:
+            out[i] = (sha, err)
+        if task_id is not None:
+            progress.advance(task_id, len(result))
+
+    run_tasks(executor, _work, tasks, done)
+    return out
+
+
+def _write(ds: Dataset, candidates: list, config: IngestConfig, executor, progress, run: IngestRun,
+           failures: list[dict]) -> None:
+    start = max(ds.shard_ids("items"), default=-1) + 1
+    size = max(1, config.shard_size)
+    chunks = [candidates[i : i + size] for i in range(0, len(candidates), size)]
+    task_id = progress.add_task("ingest", total=len(candidates)) if progress is not None and candidates else None
+    shards_rec = ds.stage_record("ingest").setdefault("shards", {})
+    slots = executor.slots()
+    tasks, n_parts = [], {}
+    for c, chunk in enumerate(chunks):
+        k = start + c
+        recs = [{**_task_record(r), "id": iid, "image_sha256": sha} for r, sha, iid in chunk]
+        key = digest(sorted(iid for _, _, iid in chunk))
+        bounds = part_bounds(len(recs), len(chunks), slots, MIN_PART)
+        n_parts[k] = len(bounds) - 1
+        for a, b in zip(bounds, bounds[1:]):
+            tasks.append(T.ItemsTask(ds.root.url, k, key, tuple(recs[a:b]), config,
+                                     f"{a:09d}-{b:09d}" if n_parts[k] > 1 else None))
+    parts: dict[int, list] = {}
+
+    def commit(k: int, rows: int, failed: int) -> None:
+        if not rows and ds.shard("items", k).exists():
+            ds.shard("items", k).delete()  # every record of the shard failed: no empty shard
+        if rows:
+            shards_rec[f"{k:05d}"] = {"rows": {"items": rows}, "failed": failed, "finished": now_iso()}
+            run.shards.append(k)
+            run.new += rows
+        ds.save_manifest()
+
+    def done(task, result):
+        if isinstance(task, MergeTask):
+            got = parts.pop(task.k)
+            commit(task.k, sum(r.rows for r in got), sum(len(r.failures) for r in got))
+            return None
+        failures.extend(result.failures)
+        if task_id is not None:
+            progress.advance(task_id, len(task.records))
+        if result.part is None:
+            commit(task.k, result.rows, len(result.failures))
+            return None
+        got = parts.setdefault(task.k, [])
+        got.append(result)
+        if len(got) < n_parts[task.k]:
+            return None
+        return [MergeTask(task.root, T.JOB, ("items",), task.k, task.key, tuple(sorted(r.part for r in got)))]
+
+    run_tasks(executor, _work, tasks, done)
+    run.shards.sort()
 
 
 def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> None:
@@ -178,8 +194,6 @@ def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> No
 
     A source read again replaces all its earlier failures (a fixed file, or one deleted from a folder,
     leaves failed/ingest)."""
-    import os
-
     roots = [os.path.abspath(os.path.expanduser(s.removeprefix("file://"))) for s in sources]
 
     def read_again(row: dict) -> bool:
@@ -202,3 +216,6 @@ def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> No
 def check_sources(sources: list[str]) -> None:
     if not sources:
         raise PovidError("give at least one SRC: an image folder, a LLaVA/POVID/COCO JSON file or a TRL Parquet file")
+
+
+__all__ = ["IngestRun", "ingest", "check_sources", "ShardResult"]

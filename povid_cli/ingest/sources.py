@@ -41,7 +41,7 @@ class Record:
     source: str
     source_id: str | None = None
     image_path: str | None = None  # a local file path (checked to be inside its root)
-    image_bytes: bytes | None = None  # images embedded in the source (Parquet)
+    image_ref: tuple[str, int, str, int] | None = None  # an image embedded in a Parquet source: (file, row, column, index)
     image_name: str | None = None  # what is stored in the image struct's `path`
     prompt: str = ""
     chosen: str = ""
@@ -289,6 +289,7 @@ def _message_text(value, role: str) -> str:
 
 
 def read_trl_parquet(src: str) -> Iterator[Record]:
+    """TRL preference rows; the images stay in the file (the ingest tasks read them), only the text is read here."""
     import pyarrow.parquet as pq
 
     try:
@@ -301,21 +302,19 @@ def read_trl_parquet(src: str) -> Iterator[Record]:
         yield Record(source=src, error="Parquet file has no prompt/chosen columns (expected TRL preference format)",
                      error_kind="bad_source")
         return
+    image_col = "images" if "images" in names else "image" if "image" in names else None
+    text_cols = [c for c in pf.schema_arrow.names if c not in ("images", "image")]
     n = 0
-    for batch in pf.iter_batches(batch_size=64):
+    for batch in pf.iter_batches(batch_size=1024, columns=text_cols):
         for row in batch.to_pylist():
             sid = str(row.get("id", n))
-            imgs = row.get("images", row.get("image"))
-            if isinstance(imgs, dict):
-                imgs = [imgs]
-            img = imgs[0] if imgs else None
             n += 1
-            if not img or not img.get("bytes"):
+            if image_col is None:
                 yield Record(source=src, source_id=sid, error="row has no embedded image bytes")
                 continue
             prompt = clean_prompt(_message_text(row.get("prompt"), "user"))
             chosen = _message_text(row.get("chosen"), "assistant").strip()
             rejected = _message_text(row.get("rejected"), "assistant").strip() or None
-            yield Record(source=src, source_id=sid, image_bytes=img["bytes"], image_name=img.get("path"),
+            yield Record(source=src, source_id=sid, image_ref=(src, n - 1, image_col, 0),
                          prompt=prompt, chosen=chosen, rejected=rejected, has_answer=bool(chosen),
                          task=row.get("task") or infer_task(prompt, chosen))

@@ -26,55 +26,14 @@ from pathlib import Path
 from typing import Callable
 
 from povid_cli.core.errors import PovidError, UsageError
+from povid_cli.train.config import LOSSES, TrainConfig  # noqa: F401 - TrainConfig: part of this module's API
 
 log = logging.getLogger("povid.train")
 
-LOSSES = ("sigmoid", "ipo", "hinge", "robust", "povid")
-SCHEDULES = ("povid", "mixed")
-REPORT_TO = ("none", "tensorboard", "wandb")
 DONE = "povid_stage.json"
 # module paths of vision towers / projectors: LoRA stays on the language model, as in LLaVA and POVID
 VISION_PARTS = ("vision", "visual", "multi_modal_projector", "mm_projector", "connector", "merger",
                 "image_newline", "patch_embed", "lm_head")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `povid train` takes. Defaults follow the POVID repository."""
-
-    data: str
-    model: str
-    output: str
-    kind: str = "all"                 # text | image | all
-    schedule: str = "povid"           # povid (text then image) | mixed (one run)
-    loss: str = "sigmoid"             # sigmoid | ipo | hinge | robust | povid
-    beta: float = 0.1
-    label_smoothing: float = 0.0      # robust loss: assumed fraction of flipped labels
-    povid_weight: float = 0.5         # --loss povid: weight of the noised-image term
-    noise_step: int = 500             # --loss povid: diffusion step t
-    lora_r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    full: bool = False
-    learning_rate: float = 1e-7
-    epochs: float | None = None       # None: 3 (stage 1) and 1 (stage 2) for povid, 1 for mixed
-    max_steps: int = -1               # per stage; -1: epochs decide
-    batch_size: int = 1
-    grad_accum: int = 1
-    max_length: int | None = 1024
-    bf16: bool | None = None          # None: on when a CUDA GPU with bf16 is there
-    gradient_checkpointing: bool = False
-    resume: bool = False
-    report_to: str = "none"
-    eval_fraction: float = 0.05
-    eval_steps: int = 100
-    save_steps: int = 200             # 0: no checkpoints (no --resume inside a stage)
-    logging_steps: int = 10
-    seed: int = 42
-    limit: int | None = None          # the first N pairs of each stage
-    merge: bool = False
-    warmup_ratio: float = 0.03
-    num_workers: int = 0
 
 
 @dataclass
@@ -97,25 +56,6 @@ class TrainResult:
 
 
 # -- checks --------------------------------------------------------------------------------------------
-def check_config(cfg: TrainConfig) -> None:
-    if cfg.loss not in LOSSES:
-        raise UsageError(f"unknown --loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-    if cfg.schedule not in SCHEDULES:
-        raise UsageError(f"unknown --schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if cfg.kind not in ("text", "image", "all"):
-        raise UsageError(f"unknown --kind {cfg.kind!r}; choose one of text, image, all")
-    if cfg.report_to not in REPORT_TO:
-        raise UsageError(f"unknown --report-to {cfg.report_to!r}; choose one of {', '.join(REPORT_TO)}")
-    if not 0.0 <= cfg.eval_fraction < 1.0:
-        raise UsageError("--eval-fraction must be in [0, 1)")
-    if not 0.0 <= cfg.povid_weight <= 1.0:
-        raise UsageError("--povid-weight must be in [0, 1]")
-    if not 0 <= cfg.noise_step < 1000:
-        raise UsageError("--noise-step must be in 0..999")
-    if cfg.merge and cfg.full:
-        raise UsageError("--merge folds a LoRA adapter into the base model; with --full the saved model is already whole")
-
-
 def require_train():
     """Import the [train] extra (one clear line if it is missing)."""
     from povid_cli.core.errors import require
@@ -272,7 +212,6 @@ def has_checkpoint(folder: Path) -> bool:
 # -- the run -------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_callbacks: list | None = None) -> TrainResult:
     """Train as `cfg` says; returns where everything went. Raises PovidError on bad input."""
-    check_config(cfg)
     require_train()
     bf16 = resolve_bf16(cfg.bf16)
     check_report_to(cfg.report_to)

@@ -1,0 +1,107 @@
+"""The export tasks, run by workers: each converts one source shard into the export's temporary folder.
+
+- `ConvertTask`: shard k of `pairs` (or of `items` before filter has run) -> `train-NNNNN.parquet` (trl),
+  or -> its images under images/ plus a fragment of JSON records under .records/ (povid, llava, sharegpt).
+- `AssembleTask`: the JSON formats' fragments -> the one JSON file, in shard order (llava: one record per
+  item across shards), then the fragments are removed.
+Only counts go back to the driver; the driver swaps the finished folder in (povid_cli/export/job.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from povid_cli.core.fs import resolve
+from povid_cli.core.store import Dataset
+from povid_cli.export import formats as conv
+
+RECORDS = ".records"
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    root: str              # DATA
+    tmp: str               # the export being built
+    fmt: str
+    source: str            # pairs | items
+    k: int
+    index: int             # position in the export (file names, JSON order)
+    kind: str
+    take: int | None       # pairs of `kind` to take from this shard (None: all)
+
+
+@dataclass(frozen=True)
+class AssembleTask:
+    tmp: str
+    fmt: str
+    fragments: tuple[int, ...]  # indexes, in order
+
+
+@dataclass
+class ConvertResult:
+    index: int
+    pairs: int = 0
+    rows: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run(task: ConvertTask | AssembleTask) -> ConvertResult:
+    return assemble(task) if isinstance(task, AssembleTask) else convert(task)
+
+
+def shard_pairs(ds: Dataset, source: str, k: int, kind: str, take: int | None) -> list[dict]:
+    rows = ds.read_shard(source, k).to_pylist()
+    return conv.select(rows if source == "pairs" else conv.pairs_from_items(rows), kind, take)
+
+
+def convert(task: ConvertTask) -> ConvertResult:
+    t0 = time.perf_counter()
+    pairs = shard_pairs(Dataset.at(task.root), task.source, task.k, task.kind, task.take)
+    tmp = resolve(task.tmp)
+    res = ConvertResult(task.index, pairs=len(pairs))
+    for p in pairs:
+        res.kinds[p.get("kind") or "?"] = res.kinds.get(p.get("kind") or "?", 0) + 1
+    if task.fmt == "trl":
+        table = pa.Table.from_pylist(conv.to_trl(pairs), schema=conv.TRL)
+        name = f"train-{task.index:05d}.parquet"
+        feats = conv.hf_features(conv.TRL, {"images": "List"})
+        tmp.join(name).write_parquet_atomic(table, {"huggingface": json.dumps(feats)})
+        res.rows, res.files = table.num_rows, [name]
+    else:
+        for rel, data in conv.image_files(pairs).items():
+            dest = tmp.join(*rel.split("/"))
+            if not dest.exists():  # named by content: another task may have written the same image
+                dest.write_bytes_atomic(data)
+                res.images += 1
+        records = conv.JSON_CONVERTERS[task.fmt](pairs)
+        tmp.join(RECORDS, f"{task.index:05d}.json").write_json_atomic(records)
+        res.rows = len(records)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def assemble(task: AssembleTask) -> ConvertResult:
+    """Write the JSON file from the fragments; llava keeps the first record of each item."""
+    t0 = time.perf_counter()
+    tmp = resolve(task.tmp)
+    records, seen = [], set()
+    for i in task.fragments:
+        for r in tmp.join(RECORDS, f"{i:05d}.json").read_json():
+            if task.fmt == "llava":
+                if r["id"] in seen:
+                    continue
+                seen.add(r["id"])
+            records.append(r)
+    name = conv.JSON_FILES[task.fmt]
+    tmp.join(name).write_json_atomic(records)
+    tmp.join(RECORDS).delete()
+    images = len(tmp.join("images").listdir())
+    return ConvertResult(-1, rows=len(records), images=images, files=[name, "images/"],
+                         seconds=time.perf_counter() - t0)
