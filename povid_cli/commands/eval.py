@@ -75,7 +75,7 @@ def eval_cmd(
     images: Annotated[Optional[str], typer.Option("--images", help="Folder with the images the annotations name (val2014/).", show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Results file (JSON); the answers and cache go beside it.", show_default=False)] = None,
     benchmarks: Annotated[str, typer.Option("--benchmarks", help="Comma-separated: chair, pope.")] = "chair,pope",
-    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Images per benchmark (per subset), drawn with --seed; all when fewer.")] = 500,
+    n_images: Annotated[int, typer.Option("--n-images", "--limit", min=1, help="Images per benchmark (per subset), drawn with --seed; all when fewer.")] = 500,
     pope_splits: Annotated[str, typer.Option("--pope-splits", help="Comma-separated absent-object draws: random, popular, adversarial.")] = "random,popular,adversarial",
     pope_file: Annotated[Optional[list[str]], typer.Option("--pope-file", help="A published POPE question file (JSON lines: question_id, image, text, label); repeat per split. Replaces the generated questions.", show_default=False)] = None,
     subset: Annotated[Optional[list[str]], typer.Option("--subset", help="NAME=FILE: also report figures for these images (ids or file names, one a line, or a JSON list); repeatable. Only subset images are evaluated.", show_default=False)] = None,

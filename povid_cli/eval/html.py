@@ -119,10 +119,22 @@ def render(results: dict, rows: list[dict], thumbs: dict[str, bytes]) -> str:
     return "\n".join(h)
 
 
+def thumbnail(data: bytes, size: int = 256) -> bytes:
+    """A JPEG at most `size` pixels on its long side, so that a page of 500 images stays small."""
+    import io
+
+    from povid_cli.core.images import decode_rgb
+
+    im = decode_rgb(data)
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
 def write_page(path: str, results: dict, rows: list[dict], folder=None, size: int = 256) -> None:
     """Render and write the page atomically; `folder` (a core.fs Location) holds the images to inline."""
     from povid_cli.core.fs import resolve
-    from povid_cli.report.html import thumbnail
 
     thumbs: dict[str, bytes] = {}
     if folder is not None:

@@ -42,6 +42,8 @@ ADAPTER_MODES = {"transformers": "peft-merged", "vllm": "vllm-lora"}
 
 @dataclass
 class EvalConfig:
+    """Every setting of a run (the flags of `povid eval`); `output` is the results file."""
+
     output: str
     model: str | None = None
     backend: str = "auto"
@@ -82,6 +84,17 @@ class EvalRun:
 def sibling(output: str, suffix: str) -> str:
     """results.json -> results<suffix> (results.answers.jsonl, results.cache)."""
     return str(output[: -len(".json")] if output.endswith(".json") else output) + suffix
+
+
+def default_cache(output: str) -> str:
+    """OUTPUT-stem.cache beside a local results file; a per-user folder when the results go to a URL
+    (the cache is appended to answer by answer, which object stores cannot do)."""
+    if "://" not in output:
+        return sibling(output, ".cache")
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "povid", "eval")
 
 
 def resolve_adapter(path: str) -> str:
@@ -162,6 +175,8 @@ def run_eval(cfg: EvalConfig, progress=None, echo: Callable[[str], None] = log.i
     adapter = resolve_adapter(cfg.adapter) if cfg.adapter else None
     model = cfg.model or adapter_base(adapter)
     folder = _images_folder(cfg.images)
+    if cfg.coco_instances:
+        echo(f"reading {cfg.coco_instances}")
     coco = read_instances(cfg.coco_instances) if cfg.coco_instances else None
     if coco is not None and cfg.coco_captions:
         coco.captions = read_captions(cfg.coco_captions)
@@ -204,7 +219,7 @@ def run_eval(cfg: EvalConfig, progress=None, echo: Callable[[str], None] = log.i
             a.error = f"image not found: {a.file_name} is not in {cfg.images}"
         else:
             a.key = answer_key({**setting, "max_tokens": a.max_tokens}, a.prompt, shas[a.file_name])
-    cache_dir = Path(cfg.cache or sibling(cfg.output, ".cache"))
+    cache_dir = Path(cfg.cache or default_cache(cfg.output))
     cache = AnswerCache(cache_dir / "answers.jsonl")
     todo = [a for a in asks.values() if a.error is None and cache.get(a.key) is None]
     cached = sum(1 for a in asks.values() if a.error is None) - len(todo)
@@ -224,7 +239,7 @@ def run_eval(cfg: EvalConfig, progress=None, echo: Callable[[str], None] = log.i
                        cached, usage, time.monotonic() - t0)
     results["failed"], results["failures"] = len(failures), failures
     answers_path = sibling(cfg.output, ".answers.jsonl")
-    results["config"]["answers_file"] = answers_path
+    results["config"]["answers_file"] = _abs(answers_path)
     resolve(answers_path).write_bytes_atomic("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                      for r in rows).encode())
     resolve(cfg.output).write_bytes_atomic(json.dumps(results, indent=2, default=str).encode())
