@@ -270,8 +270,8 @@ def test_bad_inputs_give_one_clear_line(cli, coco_world, server, tmp_path):
     j = base.index("--images") + 1
     one_line_error(cli(base[:j] + [tmp_path / "nowhere"] + base[j + 1:]), "no such folder")
     one_line_error(cli(base[:j] + [tmp_path] + base[j + 1:]), "none of the 7 images is in --images")
-    one_line_error(cli(base + ["--benchmarks", "chair,mme"]), "--benchmarks: unknown mme")
-    one_line_error(cli(base + ["--pope-splits", "hard"]), "--pope-splits: unknown hard")
+    one_line_error(cli(base + ["--benchmarks", "chair,mme"]), "--benchmarks must be one of chair, pope, got 'mme'")
+    one_line_error(cli(base + ["--pope-splits", "hard"]), "--pope-splits must be one of random, popular, adversarial, got 'hard'")
     one_line_error(cli(base + ["--adapter", tmp_path]), "--adapter cannot be applied through --backend openai")
     one_line_error(cli(base + ["--subset", f"x={tmp_path / 'missing.txt'}"]), "missing.txt: no such file")
     (tmp_path / "ids.txt").write_text("1\n99\n")

@@ -42,11 +42,12 @@ class OptionError(UsageError):
 def opt(default: Any = MISSING, help: str = "", *, hash: bool = True, min: float | None = None,
         max: float | None = None, choices: tuple | Callable[[], tuple] | None = None, flag: str | None = None,
         short: str | None = None, invert: str | None = None, panel: str | None = None, cli: bool = True,
-        metavar: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+        metavar: str | None = None, sep: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
     """A config field. `invert`: a bool shown as this flag, which sets the field to False
-    (`drop_refusals` = True is `--keep-refusals`). `cli=False`: povid.toml and Python only."""
+    (`drop_refusals` = True is `--keep-refusals`). `cli=False`: povid.toml and Python only. `sep`: a list
+    option whose flag values are also split on it (`--benchmarks chair,pope`)."""
     md = {"help": help, "hash": hash, "min": min, "max": max, "choices": choices, "flag": flag, "short": short,
-          "invert": invert, "panel": panel, "cli": cli, "metavar": metavar}
+          "invert": invert, "panel": panel, "cli": cli, "metavar": metavar, "sep": sep}
     if factory is not None:
         return field(default_factory=factory, metadata=md)
     return field(default=default, metadata=md)
@@ -88,6 +89,7 @@ class Spec:
     panel: str | None
     cli: bool
     metavar: str | None
+    sep: str | None = None
     group: type | None = None  # a nested Options class
     path: tuple[str, ...] = ()  # where it lives: ("api", "api_base") for a nested one
 
@@ -121,8 +123,9 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return (hint if hint in (int, float, str, bool) or dataclasses.is_dataclass(hint) else Any), optional
 
 
-def specs(cls: type, nested: bool = True, _path: tuple[str, ...] = ()) -> list[Spec]:
-    """The options of a config class, nested groups flattened (their `path` says where they live)."""
+def specs(cls: type, nested: bool = True, _path: tuple[str, ...] = (), _defaults: Any = None) -> list[Spec]:
+    """The options of a config class, nested groups flattened (their `path` says where they live; their
+    defaults are those of the group's factory, e.g. sample's longer API timeout)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -132,15 +135,16 @@ def specs(cls: type, nested: bool = True, _path: tuple[str, ...] = ()) -> list[S
         typ, optional = _base_type(hints.get(f.name, Any))
         if md.get("group"):
             if nested:
-                out += specs(typ, True, _path + (f.name,))
+                out += specs(typ, True, _path + (f.name,), _default(f))
             else:
                 out.append(Spec(f.name, typ, False, None, md.get("help", ""), True, None, None, None, None, None, None,
-                                md.get("panel"), False, None, typ, _path + (f.name,)))
+                                md.get("panel"), False, None, None, typ, _path + (f.name,)))
             continue
-        out.append(Spec(f.name, typ, optional, _default(f), md.get("help", ""), md.get("hash", True), md.get("min"),
+        default = getattr(_defaults, f.name) if _defaults is not None else _default(f)
+        out.append(Spec(f.name, typ, optional, default, md.get("help", ""), md.get("hash", True), md.get("min"),
                         md.get("max"), md.get("choices"), md.get("flag"), md.get("short"), md.get("invert"),
-                        md.get("panel"), md.get("cli", False) if md else False, md.get("metavar"), None,
-                        _path + (f.name,)))
+                        md.get("panel"), md.get("cli", False) if md else False, md.get("metavar"), md.get("sep"),
+                        None, _path + (f.name,)))
     return out
 
 
@@ -300,12 +304,15 @@ def typer_parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Para
                 kw["min"] = s.min
             if s.max is not None:
                 kw["max"] = s.max
-            default = list(s.default) if isinstance(s.default, tuple) else s.default
+            default = s.default
+            if s.type is tuple:  # typer's default for a list stays None: "not given" keeps the dataclass default
+                kw["show_default"] = (s.sep or ", ").join(s.default) if s.default else False
+                default = None
             if s.optional or default is None:
                 typ = typing.Optional[typ]
         if s.short:
             decls.append(s.short)
-        if default is None:
+        if default is None and "show_default" not in kw:
             kw["show_default"] = False
         params.append(inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=typing.Annotated[typ, typer.Option(*decls, **kw)]))
@@ -333,8 +340,12 @@ def from_flags(cls: type, values: dict, **overrides: Any) -> Any:
             v = values[s.name]
             if s.type is bool and s.invert:
                 v = not v
+            if s.type is tuple and v is None:
+                continue  # not given: the dataclass default
             if isinstance(v, list):
-                v = tuple(v) if v or s.default is not None else s.default
+                if s.sep:
+                    v = [x.strip() for item in v for x in item.split(s.sep) if x.strip()]
+                v = tuple(v)
         else:
             continue
         if len(s.path) == 2:

@@ -28,48 +28,15 @@ from povid_cli.core.errors import PovidError, UsageError
 from povid_cli.core.fs import resolve
 from povid_cli.eval.annotations import pope_split_name, read_captions, read_instances, read_pope_file, read_subset
 from povid_cli.eval.cache import AnswerCache, adapter_identity, answer_key, model_identity
+from povid_cli.eval.config import BENCHMARKS, CHAIR_PROMPT, EvalConfig  # noqa: F401 - part of this module's API
 from povid_cli.eval.chair_metrics import chair_metrics, ground_truth, score_answer
 from povid_cli.eval.plan import make_plan
 from povid_cli.eval.pope import SPLITS, parse_yes_no, pope_metrics
 
 log = logging.getLogger("povid.eval")
 
-BENCHMARKS = ("chair", "pope")
-CHAIR_PROMPT = "Please describe this image in detail."
 FORMAT = 1  # results.json layout version
 ADAPTER_MODES = {"transformers": "peft-merged", "vllm": "vllm-lora"}
-
-
-@dataclass
-class EvalConfig:
-    """Every setting of a run (the flags of `povid eval`); `output` is the results file."""
-
-    output: str
-    model: str | None = None
-    backend: str = "auto"
-    adapter: str | None = None
-    coco_instances: str | None = None
-    coco_captions: str | None = None
-    images: str | None = None
-    benchmarks: tuple[str, ...] = BENCHMARKS
-    n_images: int = 500
-    pope_splits: tuple[str, ...] = SPLITS
-    pope_files: tuple[str, ...] = ()
-    subsets: tuple[tuple[str, str], ...] = ()  # (name, file)
-    seed: int = 0
-    prompt: str = CHAIR_PROMPT
-    max_tokens: int = 512
-    pope_max_tokens: int = 32
-    dtype: str = "auto"
-    batch_size: int | None = None
-    tensor_parallel: int = 1
-    max_model_len: int | None = None
-    api_base: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    timeout: float = 120.0
-    cache: str | None = None
-    html: str | None = None
 
 
 @dataclass
@@ -123,12 +90,6 @@ def adapter_base(adapter: str) -> str:
 
 
 def check_config(cfg: EvalConfig) -> None:
-    bad = [b for b in cfg.benchmarks if b not in BENCHMARKS]
-    if bad or not cfg.benchmarks:
-        raise UsageError(f"--benchmarks: unknown {', '.join(bad) or '(none)'}; choose from chair, pope")
-    bad = [s for s in cfg.pope_splits if s not in SPLITS]
-    if bad or not cfg.pope_splits:
-        raise UsageError(f"--pope-splits: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(SPLITS)}")
     if not cfg.coco_instances and ("chair" in cfg.benchmarks or not cfg.pope_files):
         need = "CHAIR" if "chair" in cfg.benchmarks else "POPE without --pope-file"
         raise UsageError(f"{need} needs --coco-instances (e.g. annotations/instances_val2014.json)")
@@ -187,7 +148,7 @@ def run_eval(cfg: EvalConfig, progress=None, echo: Callable[[str], None] = log.i
             raise UsageError(f"two --pope-file files hold the split '{name}'")
         pope_lines[name] = read_pope_file(path)
     names = dict(coco.file_names) if coco else {ln.image: ln.image for ls in pope_lines.values() for ln in ls}
-    subsets = {name: read_subset(path, names) for name, path in cfg.subsets}
+    subsets = {name: read_subset(path, names) for name, path in cfg.subset_files()}
     plan = make_plan(coco, benchmarks=cfg.benchmarks, n_images=cfg.n_images, seed=cfg.seed,
                      splits=cfg.pope_splits, subsets=subsets, pope_lines=pope_lines)
     if not plan.chair_images and not plan.questions:
@@ -259,12 +220,9 @@ def _answer(cfg: EvalConfig, backend_name: str, model: str, adapter: str | None,
                               dtype=cfg.dtype, batch_size=cfg.batch_size, tensor_parallel=cfg.tensor_parallel,
                               max_model_len=cfg.max_model_len, adapter=adapter)
     if backend_name == "openai":
-        from povid_cli.backends.openai_client import APIConfig
-
-        kw["api"] = APIConfig(api_base=cfg.api_base, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                              timeout=cfg.timeout, cache_dir=str(cache_dir / "openai"))
+        kw["api"] = cfg.api if cfg.api.cache_dir else replace(cfg.api, cache_dir=str(cache_dir / "openai"))
     backend = load_backend(backend_name, **kw)
-    chunk = {"transformers": getattr(backend, "batch_size", 8), "vllm": 256}.get(backend_name, max(64, 4 * cfg.concurrency))
+    chunk = {"transformers": getattr(backend, "batch_size", 8), "vllm": 256}.get(backend_name, max(64, 4 * cfg.api.concurrency))
     task = progress.add_task("eval", total=len(todo)) if progress is not None else None
     usage: dict[str, float] = {}
     try:
@@ -366,8 +324,8 @@ def _results(cfg, plan, rows, subsets, model, adapter, backend_name, adapter_mod
         "max_tokens": cfg.max_tokens, "pope_max_tokens": cfg.pope_max_tokens, "decoding": "greedy",
         "pope_splits": splits, "pope_files": [_abs(p) for p in cfg.pope_files], "pope_question": "generated" if not cfg.pope_files else "file",
         "coco_instances": _abs(cfg.coco_instances), "coco_captions": _abs(cfg.coco_captions),
-        "images": _abs(cfg.images), "subsets": {name: _abs(path) for name, path in cfg.subsets},
-        "dtype": cfg.dtype, "api_base": cfg.api_base,
+        "images": _abs(cfg.images), "subsets": {name: _abs(path) for name, path in cfg.subset_files()},
+        "dtype": cfg.dtype, "api_base": cfg.api.api_base,
         # how the adapter was applied: folded into the weights (transformers) or served by vLLM's LoRA support
         "adapter_mode": (adapter_mode or ADAPTER_MODES.get(backend_name)) if adapter else None,
         "chair_i": "hallucinated mentions / all mentions (repeats counted)", "povid_version": __version__,
