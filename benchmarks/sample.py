@@ -130,7 +130,7 @@ def main() -> None:
             figures["vllm"] = measure("vllm", lambda: load_backend(
                 "vllm", model=str(model_dir), sampling=s, dtype="float32"), reqs, a.repeats)
         if a.api_base:
-            from povid_cli.backends.openai_client import APIConfig
+            from povid_cli.backends.api_config import APIConfig
 
             figures["openai"] = measure("openai", lambda: load_backend(
                 "openai", model=str(model_dir), sampling=s, api=APIConfig(api_base=a.api_base, concurrency=a.prompts)),

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable
 
 import typer
 from rich.console import Console
@@ -146,9 +146,7 @@ def stage_command(name: str, stage_cls, *, help: str, run_flags: tuple[str, ...]
 
     from povid_cli.core import options
     from povid_cli.core.executors import RunOptions
-    from povid_cli.core.stage import DataView
-    from povid_cli.core.store import Dataset
-    from povid_cli.synth.single import with_response_cache
+    from povid_cli.synth.single import check_inputs, with_response_cache
 
     data = inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[str, typer.Argument(
         help="The dataset folder (local path or URL).", metavar="DATA", show_default=False)])
@@ -159,7 +157,7 @@ def stage_command(name: str, stage_cls, *, help: str, run_flags: tuple[str, ...]
     def run(data: str, verbose: int = 0, **kw):
         run_opts = options.from_flags(RunOptions, {k: v for k, v in kw.items() if k in run_flags})
         config = options.from_flags(stage_cls.Config, kw)
-        stage_cls.check(DataView(Dataset.open(data)))  # DATA first: "run distort first" before "no such model"
+        check_inputs(data, stage_cls)  # DATA first: "run distort first" before "no such model"
         stage = with_response_cache(stage_cls(config), data)
         try:
             result = execute_stage(data, stage, run_opts)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from povid_cli.backends.openai_client import APIConfig
+from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import RowError, UsageError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import PAIRS

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from povid_cli.backends import registry
-from povid_cli.backends.openai_client import APIConfig
+from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import RowError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import HALLUCINATED

@@ -19,7 +19,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from povid_cli.backends.openai_client import APIConfig
+from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import PovidError, RowError, UsageError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import SAMPLED

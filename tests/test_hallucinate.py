@@ -139,7 +139,7 @@ def test_scene_without_coco_objects_still_gets_an_object():
 
 
 def test_config_hash_ignores_speed_settings_and_rules_ignore_prompts():
-    from povid_cli.backends.openai_client import APIConfig
+    from povid_cli.backends.api_config import APIConfig
 
     a = HallucinateStage(HallucinateConfig(backend="openai", api=APIConfig(api_base="http://a/v1", concurrency=4, timeout=5)))
     b = HallucinateStage(HallucinateConfig(backend="openai", api=APIConfig(

@@ -24,23 +24,19 @@ never logged or put in an error message (messages are scrubbed of it); a server 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from povid_cli.core.errors import PovidError, RowError
-from povid_cli.core.options import Options, opt
+from povid_cli.backends.api_config import APIConfig  # noqa: F401 - part of the client's API
+from povid_cli.backends.chat_types import ChatRequest, ChatResponse, ResponseCache  # noqa: F401 - part of the client's API
 
-PANEL = "API client (openai backends)"
 
 log = logging.getLogger("povid.openai")
 
@@ -70,88 +66,6 @@ REFUSAL = re.compile(
 def is_refusal(text: str) -> bool:
     """True for the usual "I'm sorry, I can't ..." answers of chat models."""
     return bool(REFUSAL.match(text.replace("\u2019", "'").strip()))
-
-
-@dataclass(frozen=True)
-class APIConfig(Options):
-    """Where to send requests and how hard to push. None of these change a response, so they stay out of
-    every stage's config hash. One group, shared by every stage that talks to an API (hallucinate,
-    sample, filter's judge): flat flags on the command line (--api-base, --concurrency, ...), a
-    [<stage>.api] table (or flat keys) in povid.toml."""
-
-    api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 for `vllm serve` [default: api.openai.com or $OPENAI_BASE_URL].", hash=False, panel=PANEL)
-    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable that holds the API key (the key itself is never printed or stored; a local server needs none).", hash=False, panel=PANEL)
-    concurrency: int = opt(16, "Requests in flight at once.", hash=False, min=1, panel=PANEL)
-    rpm: float | None = opt(None, "At most this many requests per minute [default: no limit].", hash=False, min=0.1, panel=PANEL)
-    timeout: float = opt(60.0, "Seconds per request before it is retried.", hash=False, min=0.1, panel=PANEL)
-    max_retries: int = opt(5, "Retries of a request after 429 / 5xx / timeouts (exponential backoff with jitter, Retry-After honoured).", hash=False, min=0, panel=PANEL)
-    cache_dir: str | None = opt(None, "Response cache folder [default: DATA/cache/<stage>]: re-runs never pay twice for a request.", hash=False, panel=PANEL)
-    backoff: float = opt(1.0, "First backoff in seconds; doubles per retry up to max_backoff.", hash=False, min=0.0, cli=False)
-    max_backoff: float = opt(60.0, "Longest backoff in seconds.", hash=False, min=0.0, cli=False)
-
-
-@dataclass
-class ChatRequest:
-    """One chat completion: the messages and the sampling params (temperature, max_tokens, n, seed, ...)."""
-
-    messages: list[dict]
-    params: dict = field(default_factory=dict)
-
-    def key(self, model: str) -> str:
-        blob = json.dumps({"model": model, "messages": self.messages, "params": self.params},
-                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass
-class ChatResponse:
-    texts: list[str]                     # one per choice (n)
-    finish_reasons: list[str]
-    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens of this response
-    cached: bool = False                 # served from the on-disk cache (nothing was paid)
-
-
-class ResponseCache:
-    """One JSON file per request key: <dir>/<k[:2]>/<k[2:4]>/<k>.json, written atomically."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / key[2:4] / f"{key}.json"
-
-    def get(self, key: str) -> ChatResponse | None:
-        p = self.path(key)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-            return ChatResponse(list(d["texts"]), list(d["finish_reasons"]), dict(d.get("usage") or {}), cached=True)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):  # a torn or foreign file: treat as a miss
-            return None
-
-    def put(self, key: str, resp: ChatResponse) -> None:
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        blob = json.dumps({"texts": resp.texts, "finish_reasons": resp.finish_reasons, "usage": resp.usage},
-                          ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(blob)
-            os.replace(tmp, p)  # atomic: readers see the old file or the whole new one
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def drop(self, key: str) -> None:
-        try:
-            self.path(key).unlink()
-        except FileNotFoundError:
-            pass
 
 
 class _Retry(Exception):

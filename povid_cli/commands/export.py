@@ -48,21 +48,10 @@ def export_cmd(
 
       povid export data -o povid-json --format povid --limit 100
     """
-    from povid_cli.core.executors import make_executor
-    from povid_cli.export.job import export_dataset
-    from povid_cli.core.store import Dataset
+    from povid_cli.export.job import run_export
 
-    ds = Dataset.open(data)
-    with ds.lock():
-        ex = make_executor("local", workers)
-        try:
-            with make_progress() as progress:
-                s = export_dataset(ds, output, fmt.lower(), kind=kind.lower(), limit=limit, progress=progress,
-                                   executor=ex)
-        except BaseException:
-            ex.terminate()
-            raise
-        ex.close()
+    with make_progress() as progress:
+        s = run_export(data, output, fmt.lower(), kind=kind.lower(), limit=limit, workers=workers, progress=progress)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
     what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
     console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))

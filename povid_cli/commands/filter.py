@@ -35,19 +35,11 @@ Examples:
 
 def _after(data, stage, run) -> None:
     if run.shards_run:
-        from povid_cli.core.store import Dataset
+        from povid_cli.report.status import drop_reasons
 
-        _print_reasons(Dataset.open(data))
+        counts = drop_reasons(data)
+        if counts:
+            console.print("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
 
 
 stage_command("filter", FilterStage, help=reflow(HELP), run_flags=("limit", "retry_failed"), after=_after)
-
-
-def _print_reasons(ds) -> None:
-    t = ds.read_all("dropped", columns=["drop_reason"])
-    if t is None or t.num_rows == 0:
-        return
-    counts: dict[str, int] = {}
-    for r in t.column("drop_reason").to_pylist():
-        counts[r] = counts.get(r, 0) + 1
-    console.print("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))

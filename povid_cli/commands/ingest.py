@@ -29,22 +29,11 @@ Examples:
 
 def ingest_cmd(sources: list[str], output: str, workers: int | None = None, limit: int | None = None,
                verbose: int = 0, **kw):
-    from povid_cli.core.executors import make_executor
-    from povid_cli.core.store import Dataset
-    from povid_cli.ingest.job import check_sources, ingest
+    from povid_cli.ingest.job import run_ingest
 
-    check_sources(sources)
-    cfg = options.from_flags(IngestConfig, kw)
-    ds = Dataset.open_or_create(output)
-    with ds.lock():
-        ex = make_executor("local", workers)
-        try:
-            with make_progress() as progress:
-                run = ingest(ds, sources, cfg, ex, limit=limit, progress=progress)
-        except BaseException:
-            ex.terminate()
-            raise
-        ex.close()
+    with make_progress() as progress:
+        ds, run = run_ingest(output, sources, options.from_flags(IngestConfig, kw), workers=workers, limit=limit,
+                             progress=progress)
     console.print(escape(run.line()))
     if run.failed:
         for f in run.failures[:5]:

@@ -9,98 +9,6 @@ import typer
 
 from povid_cli.app import Verbose, command, out
 
-PIPELINE = ("ingest", "hallucinate", "distort", "sample", "filter")
-# What a stage reads/writes when its manifest record does not say (ingest has no reads).
-DEFAULT_IO = {
-    "ingest": ((), ("items",)),
-    "hallucinate": (("items",), ("hallucinated",)),
-    "distort": (("items",), ("distorted",)),
-    "sample": (("distorted",), ("sampled",)),
-    "filter": (("items",), ("pairs", "dropped")),
-}
-
-
-def _rows(ds, output: str, k: int) -> int:
-    import pyarrow.parquet as pq
-
-    loc = ds.shard(output, k)
-    with loc.fs.open_input_file(loc.path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
-def _count(ds, output: str) -> int:
-    return sum(_rows(ds, output, k) for k in ds.shard_ids(output))
-
-
-def _column_counts(ds, output: str, column: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for k in ds.shard_ids(output):
-        try:
-            values = ds.read_shard(output, k, columns=[column]).column(column).to_pylist()
-        except (KeyError, ValueError, OSError):
-            continue  # no such column in this shard
-        for v in values:
-            counts[str(v)] = counts.get(str(v), 0) + 1
-    return counts
-
-
-def stage_status(ds, name: str) -> dict:
-    """Everything `status` shows for one stage, as plain data."""
-    from povid_cli.core.store import digest
-
-    rec = ds.manifest.get("stages", {}).get(name)
-    reads, writes = DEFAULT_IO.get(name, ((), ()))
-    if rec:
-        reads = tuple(rec.get("reads") or reads)
-        writes = tuple(rec.get("writes") or writes)
-    # Outputs written without a manifest record (by hand, or an older povid) still count as run.
-    ran = bool(rec) or bool(writes and ds.has(writes[0]))
-    st: dict = {"stage": name, "run": ran, "reads": list(reads), "writes": list(writes)}
-    if not ran:
-        return st
-    rec = rec or {}
-    main = writes[0] if writes else None
-    on_disk = set(ds.shard_ids(main)) if main else set()
-    shards = rec.get("shards", {})
-    if not reads:  # ingest: every items shard is a finished unit of its own
-        done = sorted(on_disk)
-        total = len(done)
-        rows_in = sum(_rows(ds, main, k) for k in done) + _count(ds, f"failed/{name}")
-    else:
-        total = len(ds.shard_ids(reads[0]))
-        done = [int(k) for k, s in shards.items()
-                if int(k) in on_disk and ds.shard_key(main, int(k)) == s.get("key")]
-        rows_in = sum(shards[f"{k:05d}"].get("rows_in", 0) for k in done)
-    st["shards_done"], st["shards_total"] = len(done), total
-    st["rows_in"] = rows_in
-    st["rows_out"] = {w: _count(ds, w) for w in writes}
-    retry = _column_counts(ds, f"failed/{name}", "retryable")
-    st["failed"] = sum(retry.values())
-    st["retryable"] = retry.get("True", 0)
-    st["failed_by_kind"] = _column_counts(ds, f"failed/{name}", "kind")
-    if "dropped" in writes:
-        st["dropped"] = st["rows_out"].pop("dropped")
-        st["dropped_by_reason"] = _column_counts(ds, "dropped", "drop_reason")
-    last = rec.get("last_run") or {}
-    st["last_run_seconds"] = last.get("seconds")
-    st["last_run_started"] = last.get("started")
-    st["config_hash"] = rec.get("config_hash") or (digest(rec["config"]) if rec.get("config") else None)
-    st["usage"] = rec.get("usage") or {}
-    return st
-
-
-def collect(ds) -> dict:
-    names = list(PIPELINE) + [n for n in ds.manifest.get("stages", {}) if n not in PIPELINE]
-    return {
-        "dataset": ds.root.url,
-        "created": ds.manifest.get("created"),
-        "updated": ds.manifest.get("updated"),
-        "povid_version": ds.manifest.get("povid_version"),
-        "stages": [stage_status(ds, n) for n in names],
-        "exports": ds.manifest.get("exports", []),
-    }
-
-
 def _usage_text(usage: dict) -> str:
     if not usage:
         return ""
@@ -180,10 +88,9 @@ def status_cmd(
 
       povid status data --json | jq '.stages[] | {stage, failed}'
     """
-    from povid_cli.core.store import Dataset
+    from povid_cli.report.status import collect
 
-    ds = Dataset.open(data)
-    info = collect(ds)
+    info = collect(data)
     if as_json:
         out.print_json(json.dumps(info, default=str)) if out.is_terminal else print(json.dumps(info, indent=2, default=str))
     else:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.ipc  # noqa: F401 - pa.ipc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -117,6 +118,27 @@ class Location:
     def read_parquet(self, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path, filesystem=self.fs, columns=columns)
 
+    def write_ipc_atomic(self, table: pa.Table) -> None:
+        """An Arrow IPC file (uncompressed: a memcpy to write, a memory map to read back), for intermediate
+        data that is recomputed if lost, so not fsynced."""
+        self.parent().makedirs()
+        tmp = self._tmp_sibling()
+        try:
+            with self.fs.open_output_stream(tmp.path) as f, pa.ipc.new_file(f, table.schema) as w:
+                w.write_table(table)
+            self._commit(tmp)
+        except BaseException:
+            tmp.delete()
+            raise
+
+    def read_ipc(self) -> pa.Table:
+        with self.fs.open_input_file(self.path) as f:
+            return pa.ipc.open_file(f).read_all()
+
+    def parquet_schema(self) -> pa.Schema:
+        with self.fs.open_input_file(self.path) as f:
+            return pq.ParquetFile(f).schema_arrow
+
     def parquet_num_rows(self) -> int:
         with self.fs.open_input_file(self.path) as f:
             return pq.ParquetFile(f).metadata.num_rows
@@ -203,6 +225,10 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+# Reads are memory-mapped: image columns are then read straight from the page cache, not copied.
+_LOCAL = pafs.LocalFileSystem(use_mmap=True)
+
+
 def resolve(path: str) -> Location:
     """Turn a user path or URL into a Location. Raises PovidError for unknown protocols."""
     path = str(path)
@@ -210,7 +236,7 @@ def resolve(path: str) -> Location:
         path = path[len("file://") :]
     if not is_url(path):
         p = os.path.abspath(os.path.expanduser(path))
-        return Location(pafs.LocalFileSystem(), p, p)
+        return Location(_LOCAL, p, p)
     try:
         fs, inner = pafs.FileSystem.from_uri(path)
         return Location(fs, inner.rstrip("/"), path.rstrip("/"))

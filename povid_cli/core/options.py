@@ -267,11 +267,12 @@ def toml_option(name: str, default: Any, help: str) -> list[str]:
 
 
 def describe(s: Spec, ranges: bool = True) -> str:
-    """The help, with the choices and the range (typer shows ranges itself: ranges=False there)."""
+    """The help, with the choices and the range (typer shows ranges itself: ranges=False there). Choices
+    given as a function (backends: plug-ins join them) are not listed: asking for them means scanning the
+    installed packages, which `--help` and every start-up would pay for; their help names the built-ins."""
     extra = []
-    allowed = s.allowed()
-    if allowed is not None:
-        extra.append(" | ".join(map(str, allowed)))
+    if s.choices is not None and not callable(s.choices):
+        extra.append(" | ".join(map(str, s.choices)))
     if ranges and (s.min is not None or s.max is not None):
         extra.append(f"{'' if s.min is None else f'{s.min:g} <= '}value{'' if s.max is None else f' <= {s.max:g}'}")
     return s.help + (f" [{'; '.join(extra)}]" if extra else "")

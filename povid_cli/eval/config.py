@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from povid_cli.backends.openai_client import APIConfig
+from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import UsageError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.eval.pope import SPLITS

@@ -31,7 +31,7 @@ from povid_cli.eval.cache import AnswerCache, adapter_identity, answer_key, mode
 from povid_cli.eval.config import BENCHMARKS, CHAIR_PROMPT, EvalConfig  # noqa: F401 - part of this module's API
 from povid_cli.eval.chair_metrics import chair_metrics, ground_truth, score_answer
 from povid_cli.eval.plan import make_plan
-from povid_cli.eval.pope import SPLITS, parse_yes_no, pope_metrics
+from povid_cli.eval.pope import parse_yes_no, pope_metrics
 
 log = logging.getLogger("povid.eval")
 

@@ -123,6 +123,23 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     return summary
 
 
+def run_export(data: str, out: str, fmt: str, *, kind: str = "all", limit: int | None = None,
+               workers: int | None = None, progress=None) -> dict:
+    """`povid export`: DATA's lock held (the manifest records the export), the conversion on local workers."""
+    from povid_cli.core.executors import make_executor
+
+    ds = Dataset.open(data)
+    with ds.lock():
+        ex = make_executor("local", workers)
+        try:
+            summary = export_dataset(ds, out, fmt, kind=kind, limit=limit, progress=progress, executor=ex)
+        except BaseException:
+            ex.terminate()
+            raise
+        ex.close()
+    return summary
+
+
 def export_key(ds: Dataset, fmt: str, kind: str, limit: int | None = None) -> str:
     """What an export is made from: the pairs shards' keys and the export options."""
     pairs = [(k, ds.shard_key("pairs", k)) for k in ds.shard_ids("pairs")]

@@ -213,6 +213,24 @@ def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> No
         loc.delete()
 
 
+def run_ingest(output: str, sources: list[str], config: IngestConfig, *, workers: int | None = None,
+               limit: int | None = None, progress=None) -> tuple[Dataset, IngestRun]:
+    """`povid ingest`: DATA created if missing, its lock held, the images read by local workers."""
+    from povid_cli.core.executors import make_executor
+
+    check_sources(sources)
+    ds = Dataset.open_or_create(output)
+    with ds.lock():
+        ex = make_executor("local", workers)
+        try:
+            run = ingest(ds, sources, config, ex, limit=limit, progress=progress)
+        except BaseException:
+            ex.terminate()
+            raise
+        ex.close()
+    return ds, run
+
+
 def check_sources(sources: list[str]) -> None:
     if not sources:
         raise PovidError("give at least one SRC: an image folder, a LLaVA/POVID/COCO JSON file or a TRL Parquet file")

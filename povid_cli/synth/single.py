@@ -11,7 +11,7 @@ import os
 from povid_cli.core.executors import RunOptions, make_executor
 from povid_cli.core.fs import is_url
 from povid_cli.core.runner import StageRun, run_stage
-from povid_cli.core.stage import Stage
+from povid_cli.core.stage import DataView, Stage
 from povid_cli.core.store import Dataset
 
 
@@ -31,6 +31,11 @@ def with_response_cache(stage: Stage, data: str) -> Stage:
         return stage
     api = dataclasses.replace(api, cache_dir=default_cache_dir(data, stage.name))
     return type(stage)(dataclasses.replace(stage.config, api=api))
+
+
+def check_inputs(data: str, stage_cls: type) -> None:
+    """The stage's own check of DATA (one clear line when it cannot run yet), before the stage is built."""
+    stage_cls.check(DataView(Dataset.open(data)))
 
 
 def run_single(data: str, stage: Stage, run: RunOptions, progress=None) -> tuple[Dataset, StageRun]:
