@@ -33,6 +33,8 @@ class TrainConfig(Options):
     label_smoothing: float = opt(0.0, "--loss robust: assumed fraction of flipped pairs.", min=0.0, max=0.49, panel=_L)
     povid_weight: float = opt(0.5, "--loss povid: weight of the noised-image term (the plain DPO term gets 1 - w).",
                               min=0.0, max=1.0, panel=_L)
+    sft_weight: float = opt(0.0, "Add this weight x the next-word loss on the chosen answer (RPO, TRL's rpo_alpha): "
+                            "keeps DPO from trading recall for fewer hallucinations (0: off).", min=0.0, panel=_L)
     noise_step: int = opt(500, "--loss povid: diffusion step t of the image noise.", min=0, max=999, panel=_L)
     lora_r: int = opt(128, "LoRA rank.", min=1, panel=_O)
     lora_alpha: int = opt(256, "LoRA alpha.", min=1, panel=_O)
