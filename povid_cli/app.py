@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from povid_cli.core.errors import PovidError
+from povid_cli.core.errors import Interrupted, PovidError
 from povid_cli.core.options import annotated
 from povid_cli.core.executors import RunOptions
 
@@ -51,10 +51,6 @@ RetryFailed = annotated(RunOptions, "retry_failed")
 
 
 RUN_FLAGS = ("workers", "limit", "executor", "ray_address", "retry_failed")
-
-
-class Interrupted(PovidError):
-    exit_code = 130
 
 
 def setup_logging(verbose: int) -> None:
@@ -90,8 +86,8 @@ def command(*args, **kwargs) -> Callable:
                 return fn(*a, **kw)
             except typer.Exit:
                 raise
-            except KeyboardInterrupt:
-                error("interrupted; finished shards are kept, run the same command again to resume")
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): never a row failure
+                error(e.message if isinstance(e, Interrupted) else Interrupted().message)
                 raise typer.Exit(130) from None
             except PovidError as e:
                 error(str(e))

@@ -115,20 +115,30 @@ def _mentions(ws: tuple[str, ...]) -> tuple[tuple[int, int, str], ...]:
     i, n_words = 0, len(ws)
     while i < n_words:
         w = ws[i]
-        lens = [n for n in firsts.get(w, ()) if n <= n_words - i]
-        step = 1
-        for n in lens + [1]:
+        cat, step = None, 1
+        for n in firsts.get(w, ()):  # longest phrase first; one-word ones below
+            if n == 1 or n > n_words - i:
+                continue
             span = ws[i : i + n]
             cat = syn.get(span)
             if cat is None:
                 cat = syn.get(span[:-1] + (singular(span[-1]),))
             if cat is not None:
-                if cat:  # "" marks a phrase that contains a synonym but names no object ("bus stop")
-                    found.append((i, i + n, cat))
                 step = n
                 break
+        if cat is None:
+            cat = _one_word(w)
+        if cat:  # "" marks a phrase that contains a synonym but names no object ("bus stop")
+            found.append((i, i + step, cat))
         i += step
     return tuple(found)
+
+
+@lru_cache(maxsize=65536)  # a long answer repeats its words: look each one up once
+def _one_word(w: str) -> str | None:
+    syn = synonyms()
+    cat = syn.get((w,))
+    return syn.get((singular(w),)) if cat is None else cat
 
 
 def canonical(objects: list[str] | None) -> set[str]:

@@ -10,7 +10,6 @@ rejected answers.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 
@@ -19,6 +18,7 @@ from povid_cli.core.errors import RowError
 from povid_cli.core.templates import load_prompt, prompt_hash, render
 
 from stages.hallucinate_rules import mentions
+from stages.textsim import opcodes
 from stages.rules_words import COLORS, NUMBERS, POSITION, RELATIONS, SIZE_STATE
 
 TYPES = ("object", "attribute", "relation", "reasoning")
@@ -175,7 +175,7 @@ def diff_edits(chosen: str, rejected: str) -> list[dict]:
     """Word-level differences between the answers, as {from, to, type} edits."""
     a, b = re.findall(r"\w+|[^\w\s]", chosen), re.findall(r"\w+|[^\w\s]", rejected)
     out = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+    for op, i1, i2, j1, j2 in opcodes(a, b):
         if op == "equal":
             continue
         src, dst = _join(a[i1:i2]), _join(b[j1:j2])

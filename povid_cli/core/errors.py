@@ -43,6 +43,16 @@ class TransientError(PovidError):
         self.retry_after = retry_after
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: the run stops, exit 130. A KeyboardInterrupt, not an Exception, so that
+    no `except Exception` that turns a row's error into a failed row can ever swallow it: the shard in
+    progress is not committed, and the next run computes it."""
+
+    def __init__(self, message: str = "interrupted; finished shards are kept, run the same command again to resume"):
+        super().__init__(message)
+        self.message = message
+
+
 class RowError(Exception):
     """One row could not be processed; the runner records it in failed/<stage>/ and goes on.
 
