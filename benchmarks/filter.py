@@ -59,7 +59,7 @@ def build(path: Path, n: int, samples: int) -> None:
                      "objects": objects[j], "source": "bench", "source_id": str(i), "turn": 0})
     for k in range(0, n, 512):
         chunk = rows[k : k + 512]
-        ds.write_shard("items", k // 512, pa.Table.from_pylist(chunk, schema=ITEMS), digest([r["id"] for r in chunk]))
+        ds.commit_shard("ingest", "items", k // 512, pa.Table.from_pylist(chunk, schema=ITEMS), digest([r["id"] for r in chunk]))
         sampled = []
         for r in chunk:
             resp, fin = [], []
@@ -71,7 +71,7 @@ def build(path: Path, n: int, samples: int) -> None:
             sampled.append({"id": f"{r['id']}-diffusion", "item_id": r["id"], "variant": "diffusion", "responses": resp,
                             "finish_reasons": fin, "logprobs": None, "model": "bench", "backend": "bench",
                             "temperature": 1.0, "top_p": 1.0, "max_tokens": 128, "n": samples})
-        ds.write_shard("sampled", k // 512, pa.Table.from_pylist(sampled, schema=SAMPLED), f"s{k}")
+        ds.commit_shard("sample", "sampled", k // 512, pa.Table.from_pylist(sampled, schema=SAMPLED), f"s{k}")
     run_stage(ds, HallucinateStage(HallucinateConfig()))
 
 

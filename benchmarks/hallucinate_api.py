@@ -49,7 +49,7 @@ def make_items(path: Path, n: int) -> None:
             "chosen": f"A red cup number {i} sits on a wooden table next to a small spoon.", "has_answer": True,
             "rejected": None, "task": "caption", "objects": None, "source": "bench", "source_id": str(i), "turn": 0,
         })
-    ds.write_shard("items", 0, pa.Table.from_pylist(rows, schema=ITEMS), digest(sorted(r["id"] for r in rows)))
+    ds.commit_shard("ingest", "items", 0, pa.Table.from_pylist(rows, schema=ITEMS), digest(sorted(r["id"] for r in rows)))
 
 
 def run_cli(data: Path, url: str, concurrency: int) -> float:

@@ -81,10 +81,13 @@ def make_items(tmp_path):
                 "rejected": it.get("rejected"), "task": it.get("task", "caption"), "objects": it.get("objects"),
                 "source": "test", "source_id": str(i), "turn": 0,
             })
+        shards = ds.stage_record("ingest").setdefault("shards", {})
         for k in range(0, len(rows), shard_size):
             chunk = rows[k : k + shard_size]
-            ds.write_shard("items", k // shard_size, pa.Table.from_pylist(chunk, schema=ITEMS),
-                           digest(sorted(r["id"] for r in chunk)))
+            key = digest(sorted(r["id"] for r in chunk))
+            ds.write_shard("items", k // shard_size, pa.Table.from_pylist(chunk, schema=ITEMS), key)
+            shards[f"{k // shard_size:05d}"] = {"key": key, "rows": {"items": len(chunk)}}  # committed, as ingest does
+        ds.save_manifest()
         return path
 
     return build

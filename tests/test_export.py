@@ -44,7 +44,7 @@ def add_pairs(data: Path, kinds: list[str], n_items: int | None = None) -> None:
                      "variant": "diffusion" if kind == "image" else None, "task": it["task"], "source": it["source"],
                      "source_id": it["source_id"], "score": 0.5})
     schema = PAIRS.append(pa.field("score", pa.float64()))
-    ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=schema), "k")
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=schema), "k")
 
 
 @pytest.mark.train

@@ -21,7 +21,7 @@ def write_hallucinated(data, k: int, rows: list[tuple]) -> None:
     out = [{"id": f"{r[0]}-h{j}", "item_id": r[0], "rejected": r[1], "hallucination_types": ["object"],
             "edits": r[2] if len(r) > 2 else [], "backend": "test", "model": None, "prompt_version": "t"}
            for j, r in enumerate(rows)]
-    ds.write_shard("hallucinated", k, pa.Table.from_pylist(out, schema=HALLUCINATED), f"h{k}-{len(rows)}")
+    ds.commit_shard("hallucinate", "hallucinated", k, pa.Table.from_pylist(out, schema=HALLUCINATED), f"h{k}-{len(rows)}")
 
 
 def write_sampled(data, k: int, rows: list[dict]) -> None:
@@ -32,7 +32,7 @@ def write_sampled(data, k: int, rows: list[dict]) -> None:
         out.append({"id": f"{r['item_id']}-diffusion", "variant": "diffusion", "model": "tiny", "backend": "test",
                     "finish_reasons": r.get("finish_reasons") or ["stop"] * n, "logprobs": r.get("logprobs"),
                     "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "n": n, **r})
-    ds.write_shard("sampled", k, pa.Table.from_pylist(out, schema=SAMPLED), f"s{k}")
+    ds.commit_shard("sample", "sampled", k, pa.Table.from_pylist(out, schema=SAMPLED), f"s{k}")
 
 
 def item_ids(data) -> list[str]:
@@ -194,7 +194,7 @@ def test_duplicates_keep_the_first_in_shard_order_and_new_shards_leave_old_ones_
     make_items([{"chosen": t} for t in texts], shard_size=2, path=fresh)
     for k in (0, 1, 2):
         t = ds.read_shard("hallucinated", k)
-        Dataset.open(str(fresh)).write_shard("hallucinated", k, t, f"h{k}")
+        Dataset.open(str(fresh)).commit_shard("hallucinate", "hallucinated", k, t, f"h{k}")
     assert cli(["filter", fresh, "--min-similarity", "0"]).exit_code == 0
     a, b = outputs(data), outputs(fresh)
     assert [p["id"] for p in a[0]] == [p["id"] for p in b[0]]

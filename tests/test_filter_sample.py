@@ -27,7 +27,7 @@ def test_sample_rules_pairs_are_kept_and_planted_bad_rows_dropped_with_the_right
     ]
     # Put the planted rows beside the real ones, keeping the shard's key (as if hallucinate had made them).
     key = ds.shard("hallucinated", 0).parquet_metadata()[KEY_FIELD]
-    ds.write_shard("hallucinated", 0, pa.Table.from_pylist(real + bad, schema=hal.schema), key)
+    ds.commit_shard("hallucinate", "hallucinated", 0, pa.Table.from_pylist(real + bad, schema=hal.schema), key)
 
     r = cli(["filter", sample_data])
     assert r.exit_code == 0, r.output

@@ -31,7 +31,7 @@ def filtered(make_items, cli):
                                  (c, "I'm sorry, I can't see the image."), (a, CAT.replace("to the side", "at a dog on the side"))])
     write_sampled(data, 0, [{"item_id": a, "responses": ["A dog sleeps on a sofa next to a ball.", "A tabby cat."]}])
     ds = Dataset.open(str(data))
-    ds.write_shard("distorted", 0, pa.Table.from_pylist([{
+    ds.commit_shard("distort", "distorted", 0, pa.Table.from_pylist([{
         "id": f"{a}-diffusion", "item_id": a, "variant": "diffusion", "image": {"bytes": png_bytes(MAGENTA, (120, 90)), "path": None},
         "method": "diffusion", "params": "{}", "seed": 0}], schema=DISTORTED), "d0")
     r = cli(["filter", data])

@@ -84,13 +84,16 @@ def test_status_of_the_sample_with_an_export(cli, sample_data, tmp_path):
     assert (ingest["shards_done"], ingest["shards_total"], ingest["failed"]) == (1, 1, 0)
     assert info["exports"] == []
 
-    # An export is listed once made.
+    # An export is listed once made, and no more once its folder is gone.
+    (tmp_path / "trl").mkdir()
     ds = Dataset.open(str(sample_data))
     ds.manifest["exports"] = [{"format": "trl", "path": str(tmp_path / "trl"), "kind": "all", "rows": 3, "time": "now"}]
     ds.save_manifest()
     r = cli(["status", sample_data])
     assert r.exit_code == 0
     assert "trl: 3 rows" in r.stdout and "ingest" in r.stdout and "22 items" in r.stdout
+    (tmp_path / "trl").rmdir()
+    assert "trl: 3 rows" not in cli(["status", sample_data]).stdout
 
 
 def test_not_a_dataset_is_one_clear_line(cli, tmp_path):

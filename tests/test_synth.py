@@ -216,8 +216,11 @@ def test_export_leftovers_of_a_killed_run_are_cleaned(cli, toy, sample_dir, tmp_
     half.mkdir()
     (half / "train-00000.parquet").write_bytes(b"half")
     (data / "export" / ".old-4567cdef-trl").mkdir()
+    (data / "export" / ".trl.versions" / "89abcdef").mkdir()  # a version folder a killed export built
     assert cli(synth_args(sample_dir / "llava.json", data, "--limit", "2")).exit_code == 0
-    assert sorted(os.listdir(data / "export")) == ["trl"]
+    # OUT is a link to its one current version folder (swapped in atomically); nothing else is left
+    assert sorted(os.listdir(data / "export")) == [".trl.versions", "trl"]
+    assert os.listdir(data / "export" / ".trl.versions") == [os.path.basename(os.readlink(data / "export" / "trl"))]
 
 
 # -- the real stages -------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def make_pairs(path: Path, rows: list[dict]) -> Path:
     from povid_cli.core.store import Dataset, digest
 
     ds = Dataset.open_or_create(str(path))
-    ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS), digest([r["id"] for r in rows]))
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS), digest([r["id"] for r in rows]))
     return path
 
 

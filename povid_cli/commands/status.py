@@ -43,6 +43,12 @@ def render(info: dict) -> None:
             row["failed"] = f"[red]{s['failed']}[/red]" + (f" ({s['retryable']} retryable)" if s["retryable"] else "")
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["failed_by_kind"].items(), key=lambda x: -x[1]))
             notes.append(f"{s['stage']} failed: {kinds} (see failed/{s['stage']}/)")
+        for w, ks in s.get("stale", {}).items():
+            notes.append(f"{s['stage']}: {len(ks)} {w} shard(s) not committed or left behind by changed inputs "
+                         f"(ignored; the next run recomputes them): {', '.join(f'{k:05d}' for k in ks[:5])}")
+        for w, bad in s.get("unreadable", {}).items():
+            row["shards"] = f"[red]{done}/{total}[/red]"
+            notes.extend(f"unreadable: {why}" for why in bad.values())
         if "dropped" in s:
             row["dropped"] = str(s["dropped"])
         if s.get("dropped_by_reason"):

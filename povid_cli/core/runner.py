@@ -23,6 +23,7 @@ from povid_cli.core.runs import record_run
 from povid_cli.core.schedule import run_tasks
 from povid_cli.core.shard_task import MergeTask, ShardResult, ShardTask, part_bounds
 from povid_cli.core.stage import DataView, Stage
+from povid_cli.core.lineage import ShardUnreadable
 from povid_cli.core.store import Dataset, digest, now_iso
 
 log = logging.getLogger("povid.runner")
@@ -82,6 +83,10 @@ def plan(ds: Dataset, stage: Stage, limit: int | None = None, retry_failed: bool
         if not ds.has(r):
             raise PovidError(f"{ds.root.url} has no {r} yet; run the stage that makes it first (see `povid status`)")
     reads = list(stage.reads) + [r for r in stage.optional_reads if ds.has(r)]
+    lineages = {r: ds.lineage(r) for r in reads}  # only committed input shards are read (core/lineage.py)
+    for r, lin in lineages.items():
+        if lin.unreadable:  # never guess around a broken input: name it and the repair
+            raise ShardUnreadable(lin.unreadable[min(lin.unreadable)])
     config_hash = stage.config_hash()
     todo, done, waiting = [], [], 0
     remaining = limit
@@ -89,7 +94,7 @@ def plan(ds: Dataset, stage: Stage, limit: int | None = None, retry_failed: bool
     for k in ds.shard_ids(primary):
         if remaining is not None and remaining <= 0:
             break
-        input_keys = {r: ds.shard_key(r, k) for r in reads}
+        input_keys = {r: lineages[r].committed.get(k) for r in reads}
         if any(input_keys[r] is None for r in stage.reads):
             waiting += 1
             continue
@@ -139,6 +144,11 @@ def run_stage(ds: Dataset, stage: Stage, executor=None, *, limit: int | None = N
                writes=list(stage.writes))
     rec["input_hash"] = digest(sorted((p.k, sorted(p.input_keys.items())) for p in todo + done))
     shards_rec = rec.setdefault("shards", {})
+    for p in done:  # written by a run killed before it committed them: the same key again, so adopt them
+        if (shards_rec.get(f"{p.k:05d}") or {}).get("key") != p.key:
+            shards_rec[f"{p.k:05d}"] = {"key": p.key, "inputs": p.input_keys,
+                                        "rows": {w: ds.num_rows(w, p.k) for w in stage.writes}, "adopted": now_iso()}
+    ds.save_manifest()
 
     remote = getattr(executor, "remote", False)
     if stage.sequential or executor is None or (stage.max_workers == 1 and not remote):
@@ -164,7 +174,7 @@ def run_stage(ds: Dataset, stage: Stage, executor=None, *, limit: int | None = N
             run.rows_out[w] = run.rows_out.get(w, 0) + n
         for u, v in usage.items():
             run.usage[u] = run.usage.get(u, 0) + v
-        shards_rec[f"{k:05d}"] = {"key": p.key, "rows_in": n_in, "rows": counts, "failed": failed,
+        shards_rec[f"{k:05d}"] = {"key": p.key, "inputs": p.input_keys, "rows_in": n_in, "rows": counts, "failed": failed,
                                   "retryable": sum(r.retryable for r in results),
                                   "seconds": round(sum(r.seconds for r in results), 3), "usage": usage,
                                   "finished": now_iso()}

@@ -104,7 +104,7 @@ class DataView:
 
     def all_null(self, output: str, column: str) -> bool:
         """True when no row of `output` has a value in `column` (or there is no such output)."""
-        for k in self._ds.shard_ids(output):
+        for k in self._ds.committed_shards(output):
             if self._ds.read_shard(output, k, columns=[column]).column(column).null_count < self._ds.num_rows(output, k):
                 return False
         return True

@@ -28,6 +28,7 @@ import pyarrow as pa
 from povid_cli.core.version import __version__
 from povid_cli.core.errors import NotADatasetError, PovidError
 from povid_cli.core.fs import TMP_PREFIX, Location, resolve
+from povid_cli.core.lineage import ShardUnreadable
 
 MANIFEST = "manifest.json"
 FORMAT = "povid-dataset"
@@ -60,6 +61,8 @@ class Dataset:
     def __init__(self, root: Location, manifest: dict):
         self.root = root
         self.manifest = manifest
+        self._lineage: dict = {}  # output -> Lineage, recomputed after any write or manifest change
+        self._seen = self._manifest_stamp()  # the manifest file as last read or written by this object
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -112,9 +115,28 @@ class Dataset:
 
     # -- manifest --------------------------------------------------------------------------------
     def save_manifest(self) -> None:
+        self._lineage.clear()
         self.manifest["updated"] = now_iso()
         self.manifest["povid_version"] = __version__
         self.root.join(MANIFEST).write_json_atomic(self.manifest)
+        self._seen = self._manifest_stamp()
+
+    def _manifest_stamp(self) -> tuple | None:
+        if not self.root.is_local:
+            return None
+        try:
+            st = os.stat(os.path.join(self.root.path, MANIFEST))
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def refresh(self) -> None:
+        """Read the manifest again if another process changed it since this object last read or wrote it
+        (a reader opened before a command ran sees what the command committed). Never while holding the
+        lock: then nobody else writes it."""
+        stamp = self._manifest_stamp()
+        if stamp is not None and stamp != self._seen:
+            self._reload_manifest()
 
     def stage_record(self, stage: str) -> dict:
         return self.manifest.setdefault("stages", {}).setdefault(stage, {})
@@ -141,13 +163,43 @@ class Dataset:
         return bool(self.shard_ids(output))
 
     def shard_key(self, output: str, k: int) -> str | None:
-        loc = self.shard(output, k)
-        if not loc.exists():
+        """The key in the shard's footer; None when it is missing or cannot be read (then it is recomputed)."""
+        try:
+            return self.footer_key(output, k)
+        except ShardUnreadable:
             return None
+
+    def footer_key(self, output: str, k: int) -> str | None:
+        """The key in the shard's footer, None when there is no such file; ShardUnreadable (one line, with the
+        way to rebuild it) when the file is there but cannot be read."""
+        loc = self.shard(output, k)
         try:
             return loc.parquet_metadata().get(KEY_FIELD)
-        except (OSError, pa.ArrowInvalid):
-            return None  # unreadable (should not happen with atomic writes): recompute
+        except FileNotFoundError:
+            return None
+        except (OSError, pa.ArrowInvalid) as e:
+            if not loc.exists():
+                return None
+            from povid_cli.core.lineage import repair_hint
+
+            raise ShardUnreadable(f"{loc.url} cannot be read ({str(e).splitlines()[0][:120]}); "
+                                  f"{repair_hint(self.manifest, output)}") from None
+
+    # -- what is committed (core/lineage.py) ---------------------------------------------------------
+    def lineage(self, output: str):
+        from povid_cli.core.lineage import compute
+
+        self.refresh()
+        return compute(self, output, self._lineage)
+
+    def committed_shards(self, output: str) -> list[int]:
+        """Shards of `output` that the manifest committed and whose inputs still chain (see lineage.py). An
+        unreadable one raises ShardUnreadable, naming it and the repair."""
+        lin = self.lineage(output)
+        if lin.unreadable:
+            k, why = min(lin.unreadable.items())
+            raise ShardUnreadable(why)
+        return sorted(lin.committed)
 
     def read_shard(self, output: str, k: int, columns: list[str] | None = None) -> pa.Table:
         return self.shard(output, k).read_parquet(columns=columns)
@@ -162,13 +214,26 @@ class Dataset:
         return self.shard(output, k).read_parquet_rows(start, stop, columns)
 
     def write_shard(self, output: str, k: int, table: pa.Table, key: str, extra: dict[str, str] | None = None) -> None:
+        self._lineage.clear()
         md = {KEY_FIELD: key, "povid.version": __version__}
         md.update(extra or {})
         self.shard(output, k).write_parquet_atomic(table, md)
 
+    def commit_shard(self, stage: str, output: str, k: int, table: pa.Table, key: str,
+                     inputs: dict[str, str] | None = None) -> None:
+        """Write shard k of `output` and commit it under `stage`'s record, in one call: what a stage run does
+        in two places (a worker writes, the driver commits), for importers, notebooks and tests."""
+        self.write_shard(output, k, table, key)
+        rec = self.stage_record(stage)
+        if output not in rec.setdefault("writes", []) and output != "items":
+            rec["writes"].append(output)
+        rec.setdefault("shards", {})[f"{k:05d}"] = {"key": key, "inputs": inputs or {}, "rows": {output: table.num_rows}}
+        self.save_manifest()
+
     def read_all(self, output: str, columns: list[str] | None = None) -> pa.Table | None:
-        """All shards of an output concatenated, or None if there are none."""
-        tables = [self.read_shard(output, k, columns) for k in self.shard_ids(output)]
+        """All committed shards of an output concatenated (failed/* outputs: every shard), or None if none."""
+        ks = self.shard_ids(output) if output.startswith("failed/") else self.committed_shards(output)
+        tables = [self.read_shard(output, k, columns) for k in ks]
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="default")
@@ -242,7 +307,10 @@ class Dataset:
             os.close(fd)
 
     def _reload_manifest(self) -> None:
+        """Read the manifest file into self.manifest (in place). Nested records are new objects afterwards:
+        callers take references to them only after this (the lock does it when taken)."""
         m = self.root.join(MANIFEST)
+        stamp = self._manifest_stamp()
         if m.exists():
             try:
                 fresh = m.read_json()
@@ -251,6 +319,8 @@ class Dataset:
             if isinstance(fresh, dict) and fresh.get("format") == FORMAT:
                 self.manifest.clear()
                 self.manifest.update(fresh)
+                self._seen = stamp
+                self._lineage.clear()
 
     @contextmanager
     def _lock_excl(self) -> Iterator[None]:  # pragma: no cover - platforms without fcntl

@@ -21,7 +21,7 @@ from povid_cli.core.store import Dataset, digest, now_iso
 from povid_cli.core.version import __version__
 from povid_cli.export import formats as conv
 from povid_cli.export import tasks as T
-from povid_cli.export.swap import MARKER, check_out, clean_leftovers, sibling, swap_in
+from povid_cli.export.swap import MARKER, check_out, clean_leftovers, new_version, swap_in
 
 MAX_EXPORTS_KEPT = 50
 
@@ -38,7 +38,7 @@ class ExportOptions(Options):
 def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[int, int | None]]:
     """(shard, pairs to take or None for all) for every shard that contributes, from light columns only."""
     out, left = [], limit
-    for k in ds.shard_ids(source):
+    for k in ds.committed_shards(source):
         if left is not None and left <= 0:
             break
         if source == "pairs":
@@ -81,7 +81,7 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
                 "answer (POVID or TRL input) can be exported")
         raise PovidError(f"{ds.root.url} has no {what} to export{hint}")
     target.parent().makedirs()
-    tmp = sibling(target, ".tmp-")
+    tmp = new_version(target)
     tmp.makedirs()
     tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take) for i, (k, take) in enumerate(plan)]
     task_id = progress.add_task("export", total=len(tasks)) if progress is not None else None
@@ -142,7 +142,7 @@ def run_export(data: str, out: str, fmt: str, *, kind: str = "all", limit: int |
 
 def export_key(ds: Dataset, fmt: str, kind: str, limit: int | None = None) -> str:
     """What an export is made from: the pairs shards' keys and the export options."""
-    pairs = [(k, ds.shard_key("pairs", k)) for k in ds.shard_ids("pairs")]
+    pairs = sorted(ds.lineage("pairs").committed.items())
     return digest(fmt, kind, limit, pairs)
 
 
@@ -157,7 +157,7 @@ def export_if_changed(ds: Dataset, dest: str, fmt: str, kind: str = "all", limit
     clean_leftovers(dest)
     if prev.get("key") == key and prev.get("path") == dest and resolve(dest).exists():
         return {**prev, "skipped": True, "seconds": 0.0}
-    n_pairs = sum(ds.num_rows("pairs", k) for k in ds.shard_ids("pairs"))
+    n_pairs = sum(ds.num_rows("pairs", k) for k in ds.committed_shards("pairs"))
     if n_pairs == 0:
         return {"path": dest, "format": fmt, "rows": 0, "skipped": True, "seconds": 0.0, "note": "no pairs to export"}
     s = export_dataset(ds, dest, fmt, kind=kind, limit=limit, progress=progress, executor=executor)

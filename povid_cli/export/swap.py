@@ -55,8 +55,62 @@ def _move(fs: pafs.FileSystem, src: str, dst: str) -> None:
         fs.delete_dir(src)
 
 
+def new_version(out: Location) -> Location:
+    """Where the next export of OUT is built: a version folder beside it (local), or a temporary sibling."""
+    if not out.is_local:
+        return sibling(out, ".tmp-")
+    return _versions(out).join(uuid.uuid4().hex[:8])
+
+
+def _versions(out: Location) -> Location:
+    parent, name = os.path.split(out.path.rstrip(os.sep))
+    return out.parent().join(f".{name}.versions")
+
+
 def swap_in(tmp: Location, out: Location) -> None:
-    """Replace OUT by the complete export in `tmp`: old away, new in, old deleted."""
+    """Make the complete export in `tmp` what OUT is, so that OUT is never missing nor half-written.
+
+    Local: OUT is a symlink to the current version folder, replaced by an atomic rename of a new symlink
+    (an export made by an older povid, a real folder, is exchanged with the link in one renameat2 call).
+    Object stores have no rename: the old export is moved away and the new one copied in (a reader may
+    find no OUT for that long; never a half-written one)."""
+    if not out.is_local:
+        return _swap_by_copy(tmp, out)
+    parent = os.path.dirname(out.path.rstrip(os.sep))
+    link = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(out.path.rstrip(os.sep))}")
+    os.symlink(os.path.relpath(tmp.path, parent), link)
+    try:
+        if os.path.islink(out.path) or not os.path.lexists(out.path):
+            os.replace(link, out.path)  # atomic: readers see the old export or the new one
+        else:  # a real folder (an export of an older povid): swap the two names in one call
+            _exchange(link, out.path)
+            shutil.rmtree(link, ignore_errors=True)  # now the old folder
+    finally:
+        if os.path.lexists(link) and os.path.islink(link):
+            os.remove(link)
+    clean_leftovers(out.url)
+
+
+def _exchange(a: str, b: str) -> None:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); elsewhere two renames."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        fn = None
+    if fn is not None:
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if fn(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE) == 0:
+            return
+    tmp = f"{b}.swap-{uuid.uuid4().hex[:8]}"  # the brief moment without b is unavoidable here
+    os.rename(b, tmp)
+    os.rename(a, b)
+    os.rename(tmp, a)
+
+
+def _swap_by_copy(tmp: Location, out: Location) -> None:
     old = None
     if out.exists():
         old = sibling(out, ".old-")
@@ -72,7 +126,8 @@ def swap_in(tmp: Location, out: Location) -> None:
 
 
 def clean_leftovers(dest: str) -> None:
-    """Remove half-built (.tmp-) and replaced (.old-) copies of DEST that a killed run left beside it."""
+    """Remove what killed exports of DEST left: half-built (.tmp-) and replaced (.old-) copies beside it,
+    and version folders OUT does not point to."""
     loc = resolve(dest)
     if not loc.is_local:
         return
@@ -84,4 +139,10 @@ def clean_leftovers(dest: str) -> None:
         return
     for n in names:
         if pat.match(n):
-            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+            p = os.path.join(parent, n)
+            os.remove(p) if os.path.islink(p) else shutil.rmtree(p, ignore_errors=True)
+    versions = _versions(loc).path
+    current = os.path.realpath(loc.path) if os.path.islink(loc.path) else None
+    for v in os.listdir(versions) if os.path.isdir(versions) else []:
+        if os.path.join(versions, v) != current:
+            shutil.rmtree(os.path.join(versions, v), ignore_errors=True)

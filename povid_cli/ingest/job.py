@@ -78,6 +78,7 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     instances: dict[str, list[str]] = {}
     for src in sources:
         instances.update(collect_instances(src) or {})
+    settle_items(ds)
     existing = ds.read_all("items", columns=["id"])
     seen = set(existing.column("id").to_pylist()) if existing is not None else set()
 
@@ -147,11 +148,11 @@ def _write(ds: Dataset, candidates: list, config: IngestConfig, executor, progre
     task_id = progress.add_task("ingest", total=len(candidates)) if progress is not None and candidates else None
     shards_rec = ds.stage_record("ingest").setdefault("shards", {})
     slots = executor.slots()
-    tasks, n_parts = [], {}
+    tasks, n_parts, keys = [], {}, {}
     for c, chunk in enumerate(chunks):
         k = start + c
         recs = [{**_task_record(r), "id": iid, "image_sha256": sha} for r, sha, iid in chunk]
-        key = digest(sorted(iid for _, _, iid in chunk))
+        key = keys[k] = digest(sorted(iid for _, _, iid in chunk))
         bounds = part_bounds(len(recs), len(chunks), slots, MIN_PART)
         n_parts[k] = len(bounds) - 1
         for a, b in zip(bounds, bounds[1:]):
@@ -163,7 +164,7 @@ def _write(ds: Dataset, candidates: list, config: IngestConfig, executor, progre
         if not rows and ds.shard("items", k).exists():
             ds.shard("items", k).delete()  # every record of the shard failed: no empty shard
         if rows:
-            shards_rec[f"{k:05d}"] = {"rows": {"items": rows}, "failed": failed, "finished": now_iso()}
+            shards_rec[f"{k:05d}"] = {"key": keys[k], "rows": {"items": rows}, "failed": failed, "finished": now_iso()}
             run.shards.append(k)
             run.new += rows
         ds.save_manifest()
@@ -187,6 +188,30 @@ def _write(ds: Dataset, candidates: list, config: IngestConfig, executor, progre
 
     run_tasks(executor, _work, tasks, done)
     run.shards.sort()
+
+
+def settle_items(ds: Dataset) -> None:
+    """Before reading what is there: an items shard that cannot be read goes to DATA/quarantine/ (its
+    records are ingested again, as new), and one that was written but never committed (a run killed in
+    between) is adopted when its key is the digest of its ids, as ingest writes it, and none of its ids is
+    committed already (a copied shard is left out)."""
+    lin = ds.lineage("items")
+    rec = ds.stage_record("ingest").setdefault("shards", {})
+    for k in lin.unreadable:
+        src = ds.shard("items", k)
+        dest = ds.root.join("quarantine", "items", f"part-{k:05d}.parquet")
+        dest.parent().makedirs()
+        src.fs.move(src.path, dest.path)
+        rec.pop(f"{k:05d}", None)
+    seen = {i for k in lin.committed for i in ds.read_shard("items", k, columns=["id"]).column("id").to_pylist()}
+    for k in sorted(lin.stale):
+        key = ds.shard_key("items", k)
+        ids = ds.read_shard("items", k, columns=["id"]).column("id").to_pylist()
+        if key is not None and key == digest(sorted(ids)) and not seen & set(ids):  # a copy adds nothing
+            rec[f"{k:05d}"] = {"key": key, "rows": {"items": len(ids)}, "adopted": now_iso()}
+            seen.update(ids)
+    if lin.unreadable or lin.stale:
+        ds.save_manifest()
 
 
 def _write_failures(ds: Dataset, failures: list[dict], sources: list[str]) -> None:

@@ -29,7 +29,7 @@ class ReportRun:
 def _light(ds: Dataset, name: str) -> list[dict]:
     """Every row of an output without its image column."""
     rows: list[dict] = []
-    for k in ds.shard_ids(name):
+    for k in ds.committed_shards(name):
         names = ds.shard(name, k).parquet_schema().names
         rows += ds.read_shard(name, k, columns=[c for c in names if c not in _SKIP]).to_pylist()
     return rows
@@ -49,7 +49,7 @@ def write_report(data: str, output: str, *, limit: int | None = 200, thumb_size:
     for r in pairs:
         r["drop_reason"] = None
     summary = Summary(dataset=ds.root.url, generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    summary.items = sum(ds.num_rows("items", k) for k in ds.shard_ids("items"))
+    summary.items = sum(ds.num_rows("items", k) for k in ds.committed_shards("items"))
     for r in pairs:
         summary.pairs_by_kind[r["kind"]] = summary.pairs_by_kind.get(r["kind"], 0) + 1
     for r in all_dropped:
@@ -61,16 +61,16 @@ def write_report(data: str, output: str, *, limit: int | None = 200, thumb_size:
     want_dist = {(r["item_id"], r.get("variant")) for r in rows if r.get("variant")}
     clean: dict[str, bytes] = {}
     distorted: dict[tuple, bytes] = {}
-    shards = ds.shard_ids("items") + (ds.shard_ids("distorted") if want_dist else [])
+    shards = ds.committed_shards("items") + (ds.committed_shards("distorted") if want_dist else [])
     task = progress.add_task("report", total=len(shards)) if progress is not None else None
-    for k in ds.shard_ids("items"):
+    for k in ds.committed_shards("items"):
         for r in ds.read_shard("items", k, columns=["id", "image"]).to_pylist():
             if r["id"] in want and r["image"] and r["image"].get("bytes"):
                 clean[r["id"]] = thumbnail(r["image"]["bytes"], thumb_size)
         if task is not None:
             progress.advance(task)
     if want_dist:
-        for k in ds.shard_ids("distorted"):
+        for k in ds.committed_shards("distorted"):
             for r in ds.read_shard("distorted", k, columns=["item_id", "variant", "image"]).to_pylist():
                 key = (r["item_id"], r["variant"])
                 if key in want_dist and r["image"] and r["image"].get("bytes"):

@@ -15,14 +15,19 @@ DEFAULT_IO = {
 }
 
 
+def _shards(ds: Dataset, output: str) -> list[int]:
+    """The shards that count: committed ones (core/lineage.py); every shard of a failed/* output."""
+    return ds.shard_ids(output) if output.startswith("failed/") else sorted(ds.lineage(output).committed)
+
+
 def _count(ds: Dataset, output: str) -> int:
-    return sum(ds.num_rows(output, k) for k in ds.shard_ids(output))
+    return sum(ds.num_rows(output, k) for k in _shards(ds, output))
 
 
 def column_counts(ds: Dataset, output: str, column: str) -> dict[str, int]:
-    """value -> rows, over every shard of an output (shards without the column are skipped)."""
+    """value -> rows, over every shard that counts (shards without the column are skipped)."""
     counts: dict[str, int] = {}
-    for k in ds.shard_ids(output):
+    for k in _shards(ds, output):
         try:
             values = ds.read_shard(output, k, columns=[column]).column(column).to_pylist()
         except (KeyError, ValueError, OSError):
@@ -46,17 +51,18 @@ def stage_status(ds: Dataset, name: str) -> dict:
         return st
     rec = rec or {}
     main = writes[0] if writes else None
-    on_disk = set(ds.shard_ids(main)) if main else set()
     shards = rec.get("shards", {})
+    done = _shards(ds, main) if main else []
     if not reads:  # ingest: every items shard is a finished unit of its own
-        done = sorted(on_disk)
         total = len(done)
         rows_in = sum(ds.num_rows(main, k) for k in done) + _count(ds, f"failed/{name}")
     else:
-        total = len(ds.shard_ids(reads[0]))
-        done = [int(k) for k, s in shards.items()
-                if int(k) in on_disk and ds.shard_key(main, int(k)) == s.get("key")]
-        rows_in = sum(shards[f"{k:05d}"].get("rows_in", 0) for k in done)
+        total = len(_shards(ds, reads[0]))
+        rows_in = sum((shards.get(f"{k:05d}") or {}).get("rows_in", 0) for k in done)
+    lineages = {w: ds.lineage(w) for w in writes}
+    st["stale"] = {w: lin.stale for w, lin in lineages.items() if lin.stale}
+    st["unreadable"] = {w: {str(k): why for k, why in lin.unreadable.items()} for w, lin in lineages.items()
+                        if lin.unreadable}
     st["shards_done"], st["shards_total"] = len(done), total
     st["rows_in"] = rows_in
     st["rows_out"] = {w: _count(ds, w) for w in writes}
@@ -85,10 +91,19 @@ def collect(data: str) -> dict:
         "updated": ds.manifest.get("updated"),
         "povid_version": ds.manifest.get("povid_version"),
         "stages": [stage_status(ds, n) for n in names],
-        "exports": ds.manifest.get("exports", []),
+        "exports": [e for e in ds.manifest.get("exports", []) if _exists(e.get("path"))],  # not ones deleted since
     }
 
 
 def drop_reasons(data: str) -> dict[str, int]:
     """drop_reason -> rows of DATA/dropped."""
     return column_counts(Dataset.open(data), "dropped", "drop_reason")
+
+
+def _exists(path: str | None) -> bool:
+    from povid_cli.core.fs import resolve
+
+    try:
+        return bool(path) and resolve(path).exists()
+    except Exception:  # noqa: BLE001 - a URL of a filesystem not installed here: say nothing about it
+        return False

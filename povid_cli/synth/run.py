@@ -57,7 +57,7 @@ def _tokens(usage: dict) -> int:
 
 
 def _count(ds: Dataset, output: str) -> int:
-    return sum(ds.num_rows(output, k) for k in ds.shard_ids(output))
+    return sum(ds.num_rows(output, k) for k in ds.committed_shards(output))
 
 
 def _value_counts(ds: Dataset, output: str, column: str) -> dict[str, int]:
