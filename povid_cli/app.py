@@ -15,6 +15,7 @@ import traceback
 from typing import Annotated, Callable
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
@@ -22,7 +23,31 @@ from povid_cli.core.errors import Interrupted, PovidError
 from povid_cli.core.options import annotated
 from povid_cli.core.executors import RunOptions
 
+class _OneLineErrors(TyperGroup):
+    """click's usage errors (a bad flag value, a missing argument) as one red line and exit 2, like every
+    other povid error, instead of rich's five-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            error("aborted")
+            sys.exit(1)
+        except typer.TyperException as e:  # click's errors (its exceptions derive from this one)
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `povid` alone: the help
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            error(" ".join(e.format_message().split()) + where)
+            sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="povid",
     help=(
         "Hallucination-aware preference data for vision-language models (POVID), and DPO training on it.\n\n"

@@ -28,8 +28,9 @@ def normalise(text: str | None) -> str:
     return " ".join(words(text))
 
 
-LONG = 2000  # words: above this on either side, the rapidfuzz path
-CHUNK = 16  # mean words per chunk on the long path
+LONG = 2000  # words: above this on either side, the long path
+MID = 20000  # words: up to this (after the common prefix and suffix), rapidfuzz's word-level LCS directly
+CHUNK = 16  # mean words per chunk beyond MID
 
 
 def similarity(a: list[str], b: list[str]) -> float:
@@ -47,10 +48,27 @@ def opcodes(a: list, b: list) -> list[tuple[str, int, int, int, int]]:
     """difflib-style opcodes (equal / replace / delete / insert) turning sequence a into b."""
     if max(len(a), len(b)) <= LONG:
         return difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    return _long_opcodes(a, b)
+    p = 0  # common prefix and suffix first: a hallucinated answer is mostly its original
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    q = 0
+    while q < min(len(a), len(b)) - p and a[-1 - q] == b[-1 - q]:
+        q += 1
+    ma, mb = a[p : len(a) - q], b[p : len(b) - q]
+    if max(len(ma), len(mb)) <= LONG:
+        inner = difflib.SequenceMatcher(None, ma, mb, autojunk=False).get_opcodes() if ma or mb else []
+    elif max(len(ma), len(mb)) <= MID:
+        from rapidfuzz.distance import Indel
+
+        inner = _merged(Indel.opcodes(ma, mb))
+    else:
+        inner = _chunked_opcodes(ma, mb)
+    ops = [("equal", 0, p, 0, p)] + [(t, i1 + p, i2 + p, j1 + p, j2 + p) for t, i1, i2, j1, j2 in inner]
+    ops.append(("equal", len(a) - q, len(a), len(b) - q, len(b)))
+    return _merged(ops)
 
 
-def _long_opcodes(a: list, b: list) -> list[tuple[str, int, int, int, int]]:
+def _chunked_opcodes(a: list, b: list) -> list[tuple[str, int, int, int, int]]:
     from rapidfuzz.distance import Indel
 
     ca, cb = _chunks(a), _chunks(b)

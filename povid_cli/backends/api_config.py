@@ -26,6 +26,9 @@ class APIConfig(Options):
     rpm: float | None = opt(None, "At most this many requests per minute [default: no limit].", hash=False, min=0.1, panel=PANEL)
     timeout: float = opt(60.0, "Seconds per request before it is retried.", hash=False, min=0.1, panel=PANEL)
     max_retries: int = opt(5, "Retries of a request after 429 / 5xx / timeouts (exponential backoff with jitter, Retry-After honoured).", hash=False, min=0, panel=PANEL)
+    max_consecutive_errors: int = opt(20, "Stop after this many server errors of one kind in a row (5xx, timeouts, "
+                                      "refused connections; not rate limits), naming the server and the error; the "
+                                      "rows not done stay retryable (0: never stop).", hash=False, min=0, panel=PANEL)
     cache_dir: str | None = opt(None, "Response cache folder [default: DATA/cache/<stage>]: re-runs never pay twice for a request.", hash=False, panel=PANEL)
     backoff: float = opt(1.0, "First backoff in seconds; doubles per retry up to max_backoff.", hash=False, min=0.0, cli=False)
     max_backoff: float = opt(60.0, "Longest backoff in seconds.", hash=False, min=0.0, cli=False)

@@ -69,9 +69,10 @@ def is_refusal(text: str) -> bool:
 
 
 class _Retry(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, kind: str = "unreadable response"):
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind  # what the circuit breaker counts in a row
 
 
 class _RateLimiter:
@@ -131,6 +132,7 @@ class ChatClient:
                                         "cached": 0, "cost_usd": 0.0, "retries": 0, "failed_requests": 0}
         self._lock = threading.Lock()
         self._pause_until = 0.0  # monotonic time before which no request is sent (after a Retry-After)
+        self._streak: tuple[str, int] = ("", 0)  # the last server error kind and how many times in a row
 
     def __repr__(self) -> str:  # no key in reprs either
         return f"ChatClient(model={self.model!r}, api_base={self.cfg.api_base!r})"
@@ -235,6 +237,7 @@ class ChatClient:
                 resp = await self._once(client, req)
             except _Retry as e:
                 last = str(e)
+                self._count_error(e.kind, last)
                 if e.retry_after is not None:
                     self._pause_until = max(self._pause_until, time.monotonic() + min(e.retry_after, MAX_RETRY_AFTER))
                 if attempt + 1 >= attempts:
@@ -249,11 +252,27 @@ class ChatClient:
             except RowError as e:
                 self._add(failed_requests=1)
                 return e
+            self._streak = ("", 0)
             if self.cache:
                 self.cache.put(req.key(self.model), resp)
             return resp
         self._add(failed_requests=1)
         return RowError(f"request failed after {attempts} attempt(s): {last}", retryable=True, kind="transient")
+
+    def _count_error(self, kind: str, message: str) -> None:
+        """The circuit breaker: a server failing the same way N times in a row is down, not busy; stop the
+        stage with one line instead of retrying every row for minutes. Rate limits (429) never count."""
+        limit = self.cfg.max_consecutive_errors
+        if not limit or kind == "HTTP 429":
+            return
+        with self._lock:
+            n = self._streak[1] + 1 if self._streak[0] == kind else 1
+            self._streak = (kind, n)
+        if n >= limit:
+            where = self.cfg.api_base or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
+            raise PovidError(f"the server at {where} failed {n} requests in a row ({message}); stopping: the rows "
+                             "not done stay retryable, run the same command again once it answers "
+                             "(--max-consecutive-errors 0 never stops)")
 
     async def _once(self, client, req: ChatRequest) -> ChatResponse:
         import openai
@@ -270,14 +289,14 @@ class ChatClient:
             data = await asyncio.wait_for(client.post("/chat/completions", body=body, cast_to=object),
                                           timeout=self.cfg.timeout + 5)
         except (openai.APITimeoutError, asyncio.TimeoutError):
-            raise _Retry(f"timed out after {self.cfg.timeout:g}s") from None
+            raise _Retry(f"timed out after {self.cfg.timeout:g}s", kind="timeout") from None
         except openai.APIConnectionError as e:
-            raise _Retry(f"connection error: {self.scrub(str(e))}") from None
+            raise _Retry(f"connection error: {self.scrub(str(e))}", kind="connection error") from None
         except openai.APIStatusError as e:
             status = e.status_code
             msg = self.scrub(_short(e))
             if status in (408, 409, 429) or status >= 500:
-                raise _Retry(f"HTTP {status}: {msg}", _retry_after(e.response.headers)) from None
+                raise _Retry(f"HTTP {status}: {msg}", _retry_after(e.response.headers), kind=f"HTTP {status}") from None
             if status in (401, 403):
                 raise PovidError(f"the API refused the key from ${self.cfg.api_key_env} (HTTP {status}): {msg}") from None
             if status == 404:

@@ -68,7 +68,7 @@ def render(info: dict) -> None:
     for r in rows:
         t.add_row(*(r.get(c, "") for c in columns))
     con.print(t)
-    for n in notes:
+    for n in dict.fromkeys(notes):  # a broken shard upstream is named once, not once per output it feeds
         con.print(f"  {escape(n)}")
     if info["exports"]:
         con.print("exports:")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,9 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise RowError("empty file (0 bytes)", kind="bad_image")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked right below, against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise RowError("not an image (unrecognised format)", kind="bad_image") from None
     except Image.DecompressionBombError as e:

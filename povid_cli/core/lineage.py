@@ -66,8 +66,11 @@ def compute(ds, output: str, memo: dict[str, Lineage]) -> Lineage:
         if rec is None or (recorded is not None and recorded != key):
             out.stale.append(k)
             continue
-        inputs = rec.get("inputs") or {}
-        if all(compute(ds, r, memo).committed.get(k) == v for r, v in inputs.items()):
+        inputs = {r: compute(ds, r, memo) for r in rec.get("inputs") or {}}
+        broken = [lin.unreadable[k] for lin in inputs.values() if k in lin.unreadable]
+        if broken:  # what it was made from cannot be read: neither can it be trusted, and the fix is upstream
+            out.unreadable[k] = broken[0]
+        elif all(lin.committed.get(k) == rec["inputs"][r] for r, lin in inputs.items()):
             out.committed[k] = key
         else:
             out.stale.append(k)

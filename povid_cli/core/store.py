@@ -14,6 +14,7 @@ writes the manifest.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -305,6 +306,22 @@ class Dataset:
                 pass
             fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: forked workers share the open file
             os.close(fd)
+
+    @contextmanager
+    def lock_unless_read_only(self) -> Iterator[bool]:
+        """For commands that only read DATA (export writes elsewhere): the lock when DATA is writable
+        (yields True), nothing when it is read-only storage (yields False: do not write the manifest)."""
+        if self.root.is_local:
+            try:
+                fd = os.open(os.path.join(self.root.path, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+                os.close(fd)
+            except OSError as e:
+                if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    yield False
+                    return
+                raise
+        with self.lock():
+            yield True
 
     def _reload_manifest(self) -> None:
         """Read the manifest file into self.manifest (in place). Nested records are new objects afterwards:

@@ -57,9 +57,9 @@ def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[
 
 
 def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit: int | None = None,
-                   progress=None, executor=None) -> dict:
+                   progress=None, executor=None, record: bool = True) -> dict:
     """Export DATA's pairs to OUT (local path or URL) in `fmt`; returns a summary, also recorded in the
-    manifest under `exports`. The caller holds ds.lock() (the manifest is written)."""
+    manifest under `exports` (record=False: DATA is read-only). The caller holds ds.lock() when it records."""
     if fmt not in conv.FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(conv.FORMATS)}")
     if kind not in conv.KINDS:
@@ -116,10 +116,12 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
         if tmp.exists():
             tmp.delete()
         raise
-    exports = [e for e in ds.manifest.get("exports", []) if e.get("path") != target.url]
-    exports.append({k: summary[k] for k in ("format", "path", "kind", "rows", "pairs", "images", "source", "limit", "time")})
-    ds.manifest["exports"] = exports[-MAX_EXPORTS_KEPT:]
-    ds.save_manifest()
+    if record:
+        exports = [e for e in ds.manifest.get("exports", []) if e.get("path") != target.url]
+        exports.append({k: summary[k] for k in ("format", "path", "kind", "rows", "pairs", "images", "source", "limit",
+                                                "time")})
+        ds.manifest["exports"] = exports[-MAX_EXPORTS_KEPT:]
+        ds.save_manifest()
     return summary
 
 
@@ -129,10 +131,11 @@ def run_export(data: str, out: str, fmt: str, *, kind: str = "all", limit: int |
     from povid_cli.core.executors import make_executor
 
     ds = Dataset.open(data)
-    with ds.lock():
+    with ds.lock_unless_read_only() as writable:  # read-only storage: export, just do not record it
         ex = make_executor("local", workers)
         try:
-            summary = export_dataset(ds, out, fmt, kind=kind, limit=limit, progress=progress, executor=ex)
+            summary = export_dataset(ds, out, fmt, kind=kind, limit=limit, progress=progress, executor=ex,
+                                     record=writable)
         except BaseException:
             ex.terminate()
             raise
