@@ -23,6 +23,9 @@ from povid_cli.core.errors import Interrupted, PovidError
 from povid_cli.core.options import annotated
 from povid_cli.core.executors import RunOptions
 
+_interrupt_reported = False
+
+
 class _OneLineErrors(TyperGroup):
     """click's usage errors (a bad flag value, a missing argument) as one red line and exit 2, like every
     other povid error, instead of rich's five-line box."""
@@ -43,6 +46,8 @@ class _OneLineErrors(TyperGroup):
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             error(" ".join(e.format_message().split()) + where)
             sys.exit(getattr(e, "exit_code", 2))
+        if rv == 130 and not _interrupt_reported:  # typer turned an interrupt outside a command into a bare 130
+            error(Interrupted().message)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -112,6 +117,8 @@ def command(*args, **kwargs) -> Callable:
             except typer.Exit:
                 raise
             except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): never a row failure
+                global _interrupt_reported
+                _interrupt_reported = True
                 error(e.message if isinstance(e, Interrupted) else Interrupted().message)
                 raise typer.Exit(130) from None
             except PovidError as e:

@@ -33,8 +33,21 @@ def __getattr__(name: str):
 
 
 def main() -> None:
+    import signal
+
+    from povid_cli.core.errors import Interrupted
+
+    def on_sigterm(signum, frame):
+        raise Interrupted("stopped by SIGTERM; finished shards are kept, run the same command again to resume")
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # from the first moment: a SIGTERM during start-up is one line too
     argv = sys.argv[1:]
-    load([argv[0]] if argv and argv[0] in COMMANDS else None)(prog_name="povid")
+    try:
+        app = load([argv[0]] if argv and argv[0] in COMMANDS else None)
+    except KeyboardInterrupt as e:  # before the app's own error boundary exists
+        sys.stderr.write(f"error: {getattr(e, 'message', 'interrupted')}\n")
+        sys.exit(130)
+    app(prog_name="povid")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,9 +47,10 @@ def slow_filter_data(make_items, path: Path, n: int = 12, repeat: int = 2500) ->
     for k in ds.shard_ids("items"):
         rows = []
         for it in ds.read_shard("items", k).to_pylist():
-            rej, edits = hallucinate(it["chosen"], task="caption", objects=it["objects"], rng=random.Random(it["id"]))
+            half = len(it["chosen"]) // 2  # a colour changed and an absent object added, as rules would
+            rej = it["chosen"][:half].replace("yellow", "red", 1) + "A fork lies on the car. " + it["chosen"][half:]
             rows.append({"id": f"{it['id']}-h0", "item_id": it["id"], "rejected": rej, "hallucination_types": ["object"],
-                         "edits": [e.row() for e in edits], "backend": "rules", "model": None, "prompt_version": "t"})
+                         "edits": [], "backend": "rules", "model": None, "prompt_version": "t"})
         ds.commit_shard("hallucinate", "hallucinated", k, pa.Table.from_pylist(rows, schema=HALLUCINATED), f"h{k}",
                         {"items": ds.shard_key("items", k)})
     return data
@@ -70,7 +71,9 @@ def test_sigterm_during_filter_loses_nothing_and_a_rerun_completes(make_items, t
     expected = pair_ids(reference)
     assert expected and full > 2, full  # long enough to be interrupted inside, several times
 
-    data = slow_filter_data(make_items, tmp_path / "data")
+    data = tmp_path / "data"
+    shutil.copytree(reference, data)
+    shutil.rmtree(data / "pairs"), shutil.rmtree(data / "dropped")
     for fraction in (0.15, 0.3, 0.45, 0.6, 0.8):  # five moments, from start-up to the last shards
         p = subprocess.Popen([sys.executable, "-m", "povid_cli", "filter", str(data), *LONG_OK], cwd=REPO, env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +83,7 @@ def test_sigterm_during_filter_loses_nothing_and_a_rerun_completes(make_items, t
         if p.returncode == 0:  # it had finished: nothing left to interrupt
             break
         assert p.returncode == 130, err
-        assert len(err.strip().splitlines()) == 1 and "stopped by SIGTERM" in err, err
+        assert len(err.strip().splitlines()) == 1 and ("stopped by SIGTERM" in err or "interrupted" in err), err
         failed = Dataset.open(str(data)).read_all("failed/filter")
         assert failed is None or not any("SIGTERM" in e for e in failed.column("error").to_pylist())
     r = povid("filter", data, *LONG_OK)
@@ -91,7 +94,8 @@ def test_sigterm_during_filter_loses_nothing_and_a_rerun_completes(make_items, t
 def test_a_1mb_answer_filters_in_under_5_seconds():
     chosen = SENTENCE * 30000  # ~1 MB, 240,000 words
     assert len(chosen) >= 1_000_000
-    rejected, _ = hallucinate(chosen, task="caption", rng=random.Random(1))
+    half = len(chosen) // 2  # two hallucinations, far apart: a colour at the start, an object in the middle
+    rejected = chosen[:half].replace("yellow", "red", 1) + "A fork lies on the car. " + chosen[half:]
     item = {"id": "i", "prompt": "Describe.", "chosen": chosen, "has_answer": True, "task": "caption",
             "objects": ["person", "car"], "image": None, "rejected": None, "source": "t", "source_id": "1"}
     hal = [{"id": "i-h0", "item_id": "i", "rejected": rejected, "edits": [], "model": None}]
