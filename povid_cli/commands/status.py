@@ -43,6 +43,10 @@ def render(info: dict) -> None:
             row["failed"] = f"[red]{s['failed']}[/red]" + (f" ({s['retryable']} retryable)" if s["retryable"] else "")
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["failed_by_kind"].items(), key=lambda x: -x[1]))
             notes.append(f"{s['stage']} failed: {kinds} (see failed/{s['stage']}/)")
+        if s.get("records"):
+            from povid_cli.report.status import records_line
+
+            notes.append(records_line(s["records"]))
         if "dropped" in s:
             row["dropped"] = str(s["dropped"])
         if s.get("dropped_by_reason"):
