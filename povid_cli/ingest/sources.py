@@ -18,6 +18,8 @@ import os
 import posixpath
 from typing import Iterator
 
+import pyarrow as pa
+
 from povid_cli.core.errors import PovidError
 from povid_cli.core.fs import resolve
 from povid_cli.ingest.readers import coco, folder
@@ -30,6 +32,11 @@ __all__ = ["read_source", "side_data", "DEFAULT_PROMPT", "Record"]
 
 def _parent(loc) -> str:
     return os.path.dirname(loc.path) if loc.is_local else posixpath.dirname(loc.url)
+
+
+def _names(loc) -> list[str]:
+    """A folder's entries; local ones through os (pyarrow cannot list a name that is not UTF-8)."""
+    return sorted(os.listdir(loc.path)) if loc.is_local else loc.listdir()
 
 
 def _ext(path: str) -> str:
@@ -82,7 +89,7 @@ def _why_empty(loc) -> str | None:
     """Why a SRC gave no record at all (None: a COCO instances file, which is side data)."""
     if not loc.is_dir():
         return None if _ext(loc.path) == ".json" else "holds no records"
-    names = [n for n in loc.listdir() if not n.startswith(".")]
+    names = [n for n in _names(loc) if not n.startswith(".")]
     if not names:
         return "an empty folder: no images, Parquet, Arrow or annotation files"
     shown = ", ".join(safe(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
@@ -139,12 +146,16 @@ def _table(table, ctx: Ctx, mapping: dict) -> Iterator[Record]:
         yield ctx.record().fail(what, "bad_source")
         return
     _, reader = found
-    for i, row in enumerate(table.rows):
-        yield from reader(apply_map(row, mapping) if isinstance(row, dict) else row, i, ctx)
+    i = 0
+    try:
+        for i, row in enumerate(table.rows):
+            yield from reader(apply_map(row, mapping) if isinstance(row, dict) else row, i, ctx)
+    except (OSError, pa.ArrowException) as e:  # a file broken part way: the rows before it are kept
+        yield ctx.record().fail(f"cannot read past row {i}: {safe(e)}", "bad_source")
 
 
 def _folder(loc, config, side: dict) -> Iterator[Record]:
-    names = loc.listdir()
+    names = _names(loc)
     if "dataset_dict.json" in names:  # a DatasetDict: one save_to_disk folder per split
         splits = json.loads(loc.join("dataset_dict.json").read_bytes()).get("splits") or []
         for split in splits:

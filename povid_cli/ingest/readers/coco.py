@@ -28,6 +28,11 @@ def is_instances(data) -> bool:
     return bool(anns) and "category_id" in anns[0] and not any("caption" in a for a in anns[:5])
 
 
+def _size(im: dict) -> tuple[int, int] | None:
+    """(width, height) of a COCO `images` entry, the frame its boxes are measured in, when it says."""
+    return (im["width"], im["height"]) if im.get("width") and im.get("height") else None
+
+
 def side_data(data) -> dict[str, dict]:
     """file_name -> {"objects": sorted categories, "boxes": [{label, bbox}], "size": (width, height) or None}."""
     cats = {c["id"]: c["name"] for c in data.get("categories", []) if isinstance(c, dict)}
@@ -38,8 +43,7 @@ def side_data(data) -> dict[str, dict]:
         im = images.get(a.get("image_id"))
         if not name or not im or not im.get("file_name"):
             continue
-        e = out.setdefault(im["file_name"], {"objects": set(), "boxes": [],
-                                             "size": (im["width"], im["height"]) if im.get("width") and im.get("height") else None})
+        e = out.setdefault(im["file_name"], {"objects": set(), "boxes": [], "size": _size(im)})
         e["objects"].add(name)
         bbox = a.get("bbox")
         if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
@@ -70,7 +74,7 @@ def records(data: dict, ctx: Ctx) -> Iterator[Record]:
         side = ctx.side.get(fn)
         if side:
             rec.objects, rec.boxes = side["objects"], side["boxes"] or None
-            rec.box_size = side["size"] or ((im["width"], im["height"]) if im.get("width") and im.get("height") else None)
+            rec.box_size = side["size"] or _size(im)
         yield rec
 
 
