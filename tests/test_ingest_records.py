@@ -325,3 +325,13 @@ def test_a_shard_split_into_parts_keeps_every_given_pair(cli, sample_dir, tmp_pa
     ds = Dataset.open(str(data))
     assert ds.shard_ids("items") == [0] == ds.shard_ids("given") and ds.read_all("given").num_rows == 44
     assert not (data / ".parts").exists() or not any((data / ".parts").rglob("*.arrow"))
+
+
+def test_an_image_folder_is_its_own_root_whatever_image_root_says(cli, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos/a.png").write_bytes(png())
+    (tmp_path / "ann.json").write_text(json.dumps([{"id": "t", "image": "", "conversations": turn("2 + 2?", "4.")}]))
+    r = cli(["ingest", tmp_path / "photos", tmp_path / "ann.json", "--image-root", tmp_path / "elsewhere", "-o",
+             tmp_path / "data", "--workers", "1"])
+    assert r.exit_code == 0, r.output  # an empty `image` is a text-only record, skipped
+    assert [i["source"] for i in items(tmp_path / "data")] == ["a.png"] and "1 skipped (1 text_only)" in r.output

@@ -96,8 +96,10 @@ def _why_empty(loc) -> str | None:
     return f"a folder with no images, Parquet, Arrow or povid export files in it (found: {shown})"
 
 
-def _ctx(loc, file_url: str, config, side: dict, root: str | None = None) -> Ctx:
-    root = config.image_root or root or _parent(loc)
+def _ctx(loc, file_url: str, config, side: dict, root: str | None = None, own_root: bool = False) -> Ctx:
+    """The reader context of one file; its image root is --image-root, else `root` (the SRC folder), else the
+    file's folder. An image folder is always its own root (own_root)."""
+    root = root if own_root else (config.image_root or root or _parent(loc))
     return Ctx(src=loc.url, file=file_url, source=source_label(file_url, root), root=ImageRoot(root),
                prompt=config.prompt or DEFAULT_PROMPT, binarize=config.binarize, side=side)
 
@@ -108,7 +110,7 @@ def _read(loc, config, side: dict, docs: dict) -> Iterator[Record]:
         return
     ext = _ext(loc.path)
     if ext in IMAGE_EXTS:
-        yield folder.single(loc, _ctx(loc, loc.url, config, side))
+        yield folder.single(loc, _ctx(loc, loc.url, config, side, _parent(loc), own_root=True))
         return
     yield from _file(loc, loc, config, side, docs)
 
@@ -175,8 +177,7 @@ def _folder(loc, config, side: dict) -> Iterator[Record]:
         for f in parquet:
             yield from _file(loc, f, config, side, {}, loc.url)
         return
-    ctx = _ctx(loc, loc.url, config, side, loc.url if not loc.is_local else loc.path)
-    yield from folder.records(loc, ctx)
+    yield from folder.records(loc, _ctx(loc, loc.url, config, side, loc.path if loc.is_local else loc.url, own_root=True))
 
 
 def _saved(src_loc, loc, config, side: dict) -> Iterator[Record]:

@@ -49,7 +49,7 @@ class Ctx:
     def images(self, value) -> tuple[list, list]:
         """(ImageRefs, names) of a cell: table `Cells`, a path, a list of paths, {bytes, path} dicts. ValueError
         (a path outside the image root, say) fails the record."""
-        if value is None:
+        if value is None or value == "":  # no image: a text-only record
             return [], []
         if isinstance(value, Cells):
             return [r for r, _ in value], [n for _, n in value]
