@@ -192,7 +192,11 @@ def add_given(task: GivenTask) -> tuple[int, int, int]:
     loc = ds.shard("given", task.k)
     prev = ds.read_shard("given", task.k).to_pylist() if loc.exists() else []
     have = {r["id"] for r in prev}
-    new = [r for r in task.rows if r["id"] not in have and not have.add(r["id"])]
+    new = []
+    for r in task.rows:
+        if r["id"] not in have:
+            have.add(r["id"])
+            new.append(r)
     if new:
         rows = prev + new
         ds.write_shard("given", task.k, pa.Table.from_pylist(rows, schema=GIVEN), digest(sorted(r["id"] for r in rows)))
