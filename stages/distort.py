@@ -1,6 +1,7 @@
 """`distort`: items -> distorted images, one row per (item, --method variant).
 
-Input columns (items): id, image.
+Input columns (items): id, image, extra_images. Multi-image items (MIA-DPO, LLaVA-interleave) are not
+distorted yet: each is a failed row of kind `multi_image` saying so (its text pairs are unaffected).
 Output columns (schemas.DISTORTED): id = f"{item_id}-{variant}", item_id, variant (canonical method
 spec, e.g. "diffusion" or "blur:sigma=3"), image (struct bytes/path), method (the method applied; for
 `mix` the one it picked), params (JSON of that method's parameters), seed (the per-image seed).
@@ -201,6 +202,10 @@ class DistortStage(Stage):
     def distort_item(self, row: dict) -> tuple[list[dict], list[dict]]:
         """All variants of one item: (rows, failures). Never raises for a bad image."""
         item_id = row["id"]
+        if row.get("extra_images"):
+            n = 1 + len(row["extra_images"])
+            return [], [failure(item_id, f"distort takes one image per item; this item has {n} (multi-image items "
+                                "get text pairs only for now)", kind="multi_image", detail=json.dumps({"item_id": item_id}))]
         try:
             rgb = decode((row.get("image") or {}).get("bytes"))
             rgb = resize_short_side(pad_square(rgb) if self.config.square else rgb, self.config.size)

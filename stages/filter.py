@@ -1,16 +1,17 @@
 """`filter`: candidate (chosen, rejected) pairs -> `pairs` (kept) and `dropped` (with a `drop_reason`).
 
-Input: `items`, plus `hallucinated` and `sampled` when present (joined on item_id). Candidates:
-- `text` pairs: every `hallucinated` row, and an item's own `rejected` (POVID / TRL input);
+Input: `items`, plus `given`, `hallucinated` and `sampled` when present (joined on item_id). Candidates:
+- `text` pairs: every given pair of the item (the rejected answers its sources gave: POVID, TRL, RLAIF-V,
+  ..., `rejected_source` "input"; an older dataset's items carry one in `rejected`), every `hallucinated` row;
 - `image` pairs: each of the n responses of every `sampled` row (its `variant` is the distortion).
 
-Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, `image`, `variant`,
-`task`, `source`, `source_id`), then `rejected_source` (hallucinated | input | sampled), `rejected_id`
+Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, `image`, `extra_images`,
+`variant`, `task`, `source`, `source_id`), then `rejected_source` (hallucinated | input | sampled), `rejected_id`
 (the row it came from, `#i` for the i-th sampled response), `model`, `hallucination_types`, and the
 scores: `similarity` (word-level, chosen vs rejected), `n_edits` (changed word spans),
 `hallucinated_objects` (COCO categories in rejected absent from the ground truth, CHAIR-style),
 `changed_attributes` ('yellow->red', '+not', ...), `repetition`, `finish_reason`, `logprob`,
-`duplicate_of`, `judge_verdict`, `judge_reason`. `dropped` has the same columns (its `image` is null:
+`duplicate_of`, `judge_verdict`, `judge_reason`. `dropped` has the same columns (its images are null:
 join `items` on item_id) plus `drop_reason` (a short stable code) and `drop_detail`.
 
 Scores are stored whatever the decision, so pairs can be re-filtered without running anything again.
@@ -32,7 +33,8 @@ from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import RowError, UsageError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import PAIRS
-from povid_cli.core.stage import Batch, Result, Stage, failure
+from povid_cli.core.schemas import item_images
+from povid_cli.core.stage import Batch, Result, Stage, failure, pair_id
 from povid_cli.core.store import digest
 
 from stages import chair
@@ -136,19 +138,19 @@ class FilterConfig(Options):
     api: APIConfig = group(APIConfig)
 
 
-def pair_id(item_id: str, kind: str, variant: str | None, rejected: str) -> str:
-    return digest(item_id, kind, variant, rejected)
-
-
-def candidates(item: dict, hallucinated: list[dict], sampled: list[dict]) -> list[dict]:
+def candidates(item: dict, hallucinated: list[dict], sampled: list[dict], given: list[dict] = ()) -> list[dict]:
     """Every (chosen, rejected) candidate of one item, with the item's columns and provenance."""
     base = {"item_id": item["id"], "prompt": item["prompt"], "chosen": item.get("chosen") or "",
-            "image": item.get("image"), "task": item.get("task"), "source": item.get("source"),
-            "source_id": item.get("source_id"), "_objects": item.get("objects")}
+            "image": item.get("image"), "extra_images": item.get("extra_images"), "task": item.get("task"),
+            "source": item.get("source"), "source_id": item.get("source_id"), "_objects": item.get("objects")}
     out = []
-    if item.get("rejected") is not None:
+    if item.get("rejected") is not None:  # a format-1 dataset: one given rejected answer on the item
         out.append({**base, "kind": "text", "variant": None, "rejected": item["rejected"],
                     "rejected_source": "input", "rejected_id": item["id"], "model": None})
+    for g in given:  # the sources' own rejected answers, each with the record that gave it
+        out.append({**base, "kind": "text", "variant": None, "rejected": g.get("rejected") or "",
+                    "rejected_source": "input", "rejected_id": g["id"], "model": g.get("model"),
+                    "source": g.get("source") or base["source"], "source_id": g.get("source_id")})
     for h in hallucinated:
         out.append({**base, "kind": "text", "variant": None, "rejected": h.get("rejected") or "",
                     "rejected_source": "hallucinated", "rejected_id": h["id"], "model": h.get("model"),
@@ -225,7 +227,7 @@ def parse_verdict(text: str) -> tuple[str, str]:
 class FilterStage(Stage):
     name = "filter"
     reads = ("items",)
-    optional_reads = ("hallucinated", "sampled")
+    optional_reads = ("given", "hallucinated", "sampled")
     writes = ("pairs", "dropped")
     schemas = {"pairs": PAIRS_OUT, "dropped": DROPPED}
     Config = FilterConfig
@@ -240,7 +242,8 @@ class FilterStage(Stage):
 
     @classmethod
     def check(cls, data) -> None:
-        if not (data.has("hallucinated") or data.has("sampled")) and data.all_null("items", "rejected"):
+        if not (data.has("given") or data.has("hallucinated") or data.has("sampled")) \
+                and data.all_null("items", "rejected"):
             raise UsageError(f"{data.url} has nothing to filter yet: run `povid hallucinate` and/or `povid distort` + "
                              "`povid sample` first (or ingest data with rejected answers)")
 
@@ -273,12 +276,12 @@ class FilterStage(Stage):
 
     def process(self, batch: Batch) -> Result:
         cfg = self.config
-        hal, smp = batch.by_item("hallucinated"), batch.by_item("sampled")
+        hal, smp, giv = batch.by_item("hallucinated"), batch.by_item("sampled"), batch.by_item("given")
         kept: list[dict] = []
         dropped: list[dict] = []
         failed: list[dict] = []
         for item in batch.rows:
-            for c in candidates(item, hal.get(item["id"], []), smp.get(item["id"], [])):
+            for c in candidates(item, hal.get(item["id"], []), smp.get(item["id"], []), giv.get(item["id"], [])):
                 try:
                     verdict = score(c, cfg)
                 except Exception as e:  # noqa: BLE001 - one odd row must not take the shard down
@@ -304,7 +307,7 @@ class FilterStage(Stage):
 
     def _drop(self, c: dict, reason: str, detail: str) -> dict:
         row = _clean(c)
-        row["image"] = None  # the clean image lives in items; no need to store it once per dropped row
+        row["image"] = row["extra_images"] = None  # the clean images live in items: not once per dropped row
         row["drop_reason"], row["drop_detail"] = reason, detail or None
         return row
 
@@ -318,8 +321,10 @@ class FilterStage(Stage):
         for c in kept:
             text = render("filter_judge", prompt=c["prompt"], chosen=c["chosen"], rejected=c["rejected"])
             content: list[dict] = [{"type": "text", "text": text}]
-            if self.config.judge_image and c.get("image") and c["image"].get("bytes"):
-                content.insert(0, {"type": "image_url", "image_url": {"url": data_url(c["image"]["bytes"])}})
+            if self.config.judge_image:
+                images = [{"type": "image_url", "image_url": {"url": data_url(im["bytes"])}}
+                          for im in item_images(c) if im and im.get("bytes")]
+                content[:0] = images
             reqs.append(ChatRequest([{"role": "user", "content": content}],
                                     {"temperature": 0, "max_tokens": self.config.judge_max_tokens}))
         out_kept, out_dropped, failed = [], [], []

@@ -15,6 +15,7 @@ import re
 
 from povid_cli.backends.openai_client import ChatRequest, ChatResponse, is_refusal, usage_of
 from povid_cli.core.errors import RowError
+from povid_cli.core.schemas import item_images
 from povid_cli.core.templates import load_prompt, prompt_hash, render
 
 from stages.hallucinate_rules import mentions
@@ -91,10 +92,11 @@ def format_request(row: dict, c) -> ChatRequest:
     if c.send_image:
         from povid_cli.core.images import data_url
 
-        image = (row.get("image") or {}).get("bytes")
-        if not image:
+        images = [im.get("bytes") for im in item_images(row) if im]
+        if not images or not all(images):
             raise RowError("--send-image: the item has no image bytes", kind="invalid")
-        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
+        content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(b)}}
+                                                      for b in images]
     params = {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed}
     if c.n > 1:
         params["n"] = c.n

@@ -4,7 +4,8 @@ POVID's second source of dispreferred answers: with the image degraded, what the
 by its language prior, so its answers carry its own (on-policy) hallucinations.
 
 Reads  `items` (id, prompt, image: the clean image, for --logprobs) and `distorted` (id, item_id,
-       variant, image). Every distorted variant of an item is one prompt.
+       variant, image). Every distorted variant of an item is one prompt. A multi-image item (which
+       `distort` does not distort yet) with distorted rows is a failed row of kind `multi_image`.
 Writes `sampled` (schemas.SAMPLED): id = f"{item_id}-{variant}", item_id, variant, responses (n strings),
        finish_reasons ("stop" | "length"), logprobs (mean token log-prob of each response under the
        CLEAN image, with `logprobs=True`, else null), model, backend, temperature, top_p, max_tokens, n.
@@ -127,6 +128,10 @@ class SampleStage(Stage):
         jobs: list[tuple[dict, dict]] = []  # (item, distorted row)
         failed: list[dict] = []
         for item in batch.rows:
+            if item.get("extra_images") and variants.get(item["id"]):
+                failed.append(failure(item["id"], f"sample takes one image per prompt; this item has "
+                                      f"{1 + len(item['extra_images'])}", kind="multi_image"))
+                continue
             for d in variants.get(item["id"], []):
                 if not (d.get("image") or {}).get("bytes"):
                     failed.append(failure(d["id"], "the distorted row has no image bytes", kind="bad_image"))

@@ -59,10 +59,12 @@ def png_bytes(color=(200, 30, 30), size=(64, 48), mode="RGB") -> bytes:
 
 @pytest.fixture
 def make_items(tmp_path):
-    """Build a dataset from item dicts without ingest: make_items([{"prompt":..., "chosen":...}], shard_size=2)."""
+    """Build a dataset from item dicts without ingest: make_items([{"prompt":..., "chosen":...}], shard_size=2).
+    An item's "rejected" (a string or a list) becomes its given pairs, as ingest stores them."""
     import pyarrow as pa
 
-    from povid_cli.core.schemas import ITEMS
+    from povid_cli.core.schemas import GIVEN, ITEMS
+    from povid_cli.core.stage import pair_id
     from povid_cli.core.store import Dataset, digest
     from povid_cli.ingest.normalise import image_sha256, item_id
 
@@ -74,10 +76,11 @@ def make_items(tmp_path):
             data = it.get("image_bytes") or png_bytes(((37 * i) % 256, 80, 160))
             sha = image_sha256(data)
             prompt = it.get("prompt", "Describe this image in detail.")
+            chosen = it.get("chosen", "A red square on a blue background.")
             rows.append({
-                "id": it.get("id") or item_id(sha, prompt), "image": {"bytes": data, "path": f"img{i}.png"},
+                "id": it.get("id") or item_id(sha, prompt, chosen), "image": {"bytes": data, "path": f"img{i}.png"},
                 "image_sha256": sha, "width": it.get("width", 64), "height": it.get("height", 48), "prompt": prompt,
-                "chosen": it.get("chosen", "A red square on a blue background."), "has_answer": it.get("has_answer", True),
+                "chosen": chosen, "has_answer": it.get("has_answer", True),
                 "rejected": it.get("rejected"), "task": it.get("task", "caption"), "objects": it.get("objects"),
                 "source": "test", "source_id": str(i), "turn": 0,
             })
@@ -85,6 +88,11 @@ def make_items(tmp_path):
         for k in range(0, len(rows), shard_size):
             chunk = rows[k : k + shard_size]
             key = digest(sorted(r["id"] for r in chunk))
+            given = [{"id": pair_id(r["id"], "text", None, rej), "item_id": r["id"], "rejected": rej, "source": "test",
+                      "source_id": r["source_id"]}
+                     for r in chunk for rej in ([r["rejected"]] if isinstance(r["rejected"], str) else r["rejected"] or [])]
+            if given:
+                ds.write_shard("given", k // shard_size, pa.Table.from_pylist(given, schema=GIVEN), key)
             ds.write_shard("items", k // shard_size, pa.Table.from_pylist(chunk, schema=ITEMS), key)
             shards[f"{k // shard_size:05d}"] = {"key": key, "rows": {"items": len(chunk)}}  # committed, as ingest does
         ds.save_manifest()

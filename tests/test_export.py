@@ -109,8 +109,14 @@ def test_povid_llava_sharegpt_json(cli, povid_data, tmp_path):
     assert r.exit_code == 0, r.output
     again = Dataset.open(str(tmp_path / "again")).read_all("items").to_pylist()
     orig = Dataset.open(str(povid_data)).read_all("items").to_pylist()
-    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in again) == \
-        sorted((r["prompt"], r["chosen"], r["rejected"]) for r in orig)
+
+    def triples(data, rows):  # (prompt, chosen, rejected) per given pair (the rejected answers live in `given`)
+        by_id = {r["id"]: r for r in rows}
+        return sorted((by_id[g["item_id"]]["prompt"], by_id[g["item_id"]]["chosen"], g["rejected"])
+                      for g in Dataset.open(str(data)).read_all("given").to_pylist())
+
+    assert len(triples(povid_data, orig)) == 22
+    assert triples(tmp_path / "again", again) == triples(povid_data, orig)
     # Ids hash the source bytes: photos kept byte for byte at ingest keep their id through the round trip.
     kept = {r["id"] for r in orig if r["image_sha256"] == hashlib.sha256(r["image"]["bytes"]).hexdigest()}
     assert len(kept) >= 10 and kept <= {r["id"] for r in again}

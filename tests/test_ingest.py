@@ -15,6 +15,11 @@ def items(data: Path) -> list[dict]:
     return t.to_pylist() if t is not None else []
 
 
+def given(data: Path) -> list[dict]:
+    t = Dataset.open(str(data)).read_all("given")
+    return t.to_pylist() if t is not None else []
+
+
 def write_image(path: Path, color=(200, 40, 40), size=(48, 32), fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, format=fmt)
@@ -66,7 +71,7 @@ def test_llava_jsonl_and_multi_turn_conversations(cli, tmp_path):
     ]
     assert rows[1]["task"] == "reasoning" and rows[0]["task"] == "vqa"
     assert rows[0]["image_sha256"] == rows[1]["image_sha256"] and rows[0]["id"] != rows[1]["id"]
-    assert all(r["rejected"] is None and r["has_answer"] for r in rows)
+    assert all(r["has_answer"] for r in rows) and given(data) == []  # no rejected answers given
 
 
 def test_povid_json_keeps_the_rejected_answer(cli, tmp_path):
@@ -80,7 +85,9 @@ def test_povid_json_keeps_the_rejected_answer(cli, tmp_path):
     r = cli(["ingest", tmp_path / "src/povid.json", "-o", data, "--workers", "1"])
     assert r.exit_code == 0, r.output
     [row] = items(data)
-    assert (row["chosen"], row["rejected"], row["source_id"]) == ("A red square.", "A red square next to a fork.", "p1")
+    [pair] = given(data)
+    assert (row["chosen"], pair["rejected"], row["source_id"]) == ("A red square.", "A red square next to a fork.", "p1")
+    assert pair["item_id"] == row["id"] and pair["source_id"] == "p1"
 
 
 def test_coco_captions_with_instances_give_objects(cli, tmp_path):
@@ -159,8 +166,10 @@ def test_trl_parquet_round_trip(cli, sample_dir, tmp_path):
     assert r.exit_code == 0, r.output
     key = lambda r: r["id"]  # noqa: E731
     before, after = sorted(items(data), key=key), sorted(items(tmp_path / "again"), key=key)
-    assert [(r["id"], r["prompt"], r["chosen"], r["rejected"], r["image"]["bytes"]) for r in before] == \
-           [(r["id"], r["prompt"], r["chosen"], r["rejected"], r["image"]["bytes"]) for r in after]
+    assert [(r["id"], r["prompt"], r["chosen"], r["image"]["bytes"]) for r in before] == \
+           [(r["id"], r["prompt"], r["chosen"], r["image"]["bytes"]) for r in after]
+    pairs = lambda d: sorted((g["id"], g["item_id"], g["rejected"]) for g in given(d))  # noqa: E731
+    assert len(pairs(data)) == 4 and pairs(data) == pairs(tmp_path / "again")
 
 
 def test_output_folder_that_is_not_a_dataset_is_refused(cli, sample_dir, tmp_path):

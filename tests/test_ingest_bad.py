@@ -96,6 +96,7 @@ def _png16() -> bytes:
 
 def test_bad_inputs_fail_one_by_one_with_reasons(cli, bad_world, monkeypatch):
     tmp, root, secret = bad_world
+    conv = lambda q: [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": "Something."}]  # noqa: E731
     opened: list[str] = []
     real_open = builtins.open
 
@@ -161,8 +162,9 @@ def test_bad_inputs_fail_one_by_one_with_reasons(cli, bad_world, monkeypatch):
     assert cmyk[15, 20, 0] > 200 and cmyk[15, 20, 1] < 60  # cyan 0, magenta+yellow full -> red
 
     # Fix two files and run again: they are ingested and leave failed/ingest; the rest stay failed.
+    # (An empty list would be a source that yields no record, itself an error since issue 12: one record.)
     (root / "zero.jpg").write_bytes(jpeg(Image.new("RGB", (30, 30), (5, 200, 5))))
-    (tmp / "ann/broken.json").write_text("[]")
+    (tmp / "ann/broken.json").write_text(json.dumps([{"id": "y", "image": "good.jpg", "conversations": conv("Fixed?")}]))
     r = cli(["ingest", root, tmp / "ann/ann.json", tmp / "ann/broken.json", "--image-root", root, "-o", data,
              "--workers", "1"])
     assert r.exit_code == 1 and "Traceback" not in r.output

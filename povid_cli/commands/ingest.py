@@ -12,18 +12,28 @@ from povid_cli.app import Limit, Verbose, Workers, command, console, make_progre
 from povid_cli.core import options
 from povid_cli.ingest.normalise import IngestConfig
 
-HELP = """Read images and their ground-truth answers into DATA/items.
+HELP = """Read images, prompts, answers and given rejected answers into DATA/items (and DATA/given).
 
-Every (image, prompt) gets a stable id from the image bytes and the prompt, so running the same
-command again (from cron, say) adds only what is new. Images are checked and normalised on the
-way in (EXIF orientation, RGB); records that cannot be used go to DATA/failed/ingest with a reason,
-and the exit code is 1 when there are any.
+Sources: image folders, LLaVA/POVID/ShareGPT JSON(L), COCO captions (+ instances for objects and
+boxes), and preference datasets in their own layouts (TRL, RLAIF-V, VLFeedback, HA-DPO, mDPO,
+OPA-DPO), as JSON, JSONL, Parquet files or folders (the Hub's data/*.parquet), datasets.save_to_disk
+folders, local or as URLs; the layout is recognised from the columns (--map for others).
+
+Every item (images, prompt, chosen answer) gets a stable id, so running the same command again
+(from cron, say) adds only what is new; every rejected answer a source gives is kept as a given pair
+of its item. Images are checked and normalised on the way in (EXIF orientation, RGB). The summary
+accounts for every record: new items, already present, skipped (text-only...: exit 0; --strict makes
+them failures) and failed (in DATA/failed/ingest with a reason: exit 1).
 
 Examples:
 
   povid ingest llava_instruct.json --image-root coco/train2017 -o data
 
   povid ingest photos/ --prompt "Describe this image in detail." -o data
+
+  povid ingest RLAIF-V-Dataset/ -o data                        # data/*.parquet, images inside
+
+  povid ingest vqa.jsonl --map prompt=question,chosen=answer,image=file -o data
 """
 
 
@@ -45,7 +55,8 @@ def ingest_cmd(sources: list[str], output: str, workers: int | None = None, limi
 _P = inspect.Parameter
 PARAMS = [
     _P("sources", _P.POSITIONAL_OR_KEYWORD, annotation=Annotated[list[str], typer.Argument(
-        help="Image folders, LLaVA/POVID JSON(L), COCO captions/instances JSON, or TRL Parquet files.",
+        help="Image folders, annotation or preference files (JSON, JSONL, Parquet, Arrow), Parquet or "
+             "save_to_disk folders; local paths or URLs.",
         metavar="SRC...", show_default=False)]),
     _P("output", _P.KEYWORD_ONLY, annotation=Annotated[str, typer.Option(
         "--output", "-o", help="The dataset folder (local path or URL such as s3://bucket/data). Created if missing.")]),

@@ -49,6 +49,10 @@ def render(info: dict) -> None:
         for w, bad in s.get("unreadable", {}).items():
             row["shards"] = f"[red]{done}/{total}[/red]"
             notes.extend(f"unreadable: {why}" for why in bad.values())
+        if s.get("records"):
+            from povid_cli.report.status import records_line
+
+            notes.append(records_line(s["records"]))
         if "dropped" in s:
             row["dropped"] = str(s["dropped"])
         if s.get("dropped_by_reason"):

@@ -15,6 +15,7 @@ def synth_cmd(
     sources: Annotated[Optional[list[str]], typer.Argument(help="Image folders or annotation files (LLaVA/POVID JSON, COCO, TRL Parquet); or `sources` in povid.toml.", show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="The dataset folder (local path or URL). Created if missing; re-runs add only what is new.", show_default=False)] = ...,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="povid.toml with the options of every stage (`povid init` writes one). Flags override it.")] = None,
+    image_root: Annotated[Optional[str], typer.Option("--image-root", help="Folder (or URL) that image paths in annotation files are relative to (\\[ingest] image_root) \\[default: the annotation file's folder].")] = None,
     llm_backend: Annotated[Optional[str], typer.Option("--llm-backend", help="hallucinate backend: rules (offline) or openai (any OpenAI-compatible server).")] = None,
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm-backend openai.")] = None,
     api_base: Annotated[Optional[str], typer.Option("--api-base", help="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) for hallucinate, and for sample with --sample-backend openai.")] = None,
@@ -59,7 +60,7 @@ def synth_cmd(
     from povid_cli.synth.run import run_synth
 
     toml = config_file.load(config)
-    flags = dict(llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,
+    flags = dict(image_root=image_root, llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,
                  sample_backend=sample_backend, distort=distort, export=export, export_dir=export_dir,
                  executor=executor, ray_address=ray_address, workers=workers, limit=limit,
                  retry_failed=retry_failed or None)

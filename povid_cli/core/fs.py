@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from povid_cli.core.errors import PovidError
+from povid_cli.core.schemas import has_images, hf_features
 
 TMP_PREFIX = ".tmp-"
 
@@ -168,6 +169,12 @@ class Location:
         return {k.decode(): v.decode() for k, v in md.items()}
 
     def write_parquet_atomic(self, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+        """A Parquet file written under a temporary name and moved into place. A table with image columns
+        gets their `datasets` features (`huggingface` metadata) unless the caller gives its own."""
+        metadata = dict(metadata or {})
+        if "huggingface" not in metadata and b"huggingface" not in (table.schema.metadata or {}) \
+                and any(has_images(f.type) for f in table.schema):
+            metadata["huggingface"] = json.dumps(hf_features(table.schema))
         if metadata:
             merged = dict(table.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})

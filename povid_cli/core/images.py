@@ -33,6 +33,8 @@ class Normalised:
     width: int
     height: int
     format: str  # JPEG | PNG
+    orientation: int = 1  # the EXIF orientation that was applied (1: none)
+    raw_size: tuple[int, int] | None = None  # (width, height) of the pixels as stored in the source file
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -113,17 +115,20 @@ def normalise(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Normalised:
         w, h = im.size
         im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
         _decode(im)
-        return Normalised(data, w, h, fmt)
+        return Normalised(data, w, h, fmt, 1, (w, h))
     _decode(im)
     exif_rotated = _exif_rotated(im)
     animated = getattr(im, "n_frames", 1) > 1
+    raw_size = im.size
     if fmt in ("JPEG", "PNG") and im.mode == "RGB" and not exif_rotated and not animated:
-        return Normalised(data, im.width, im.height, fmt)
+        return Normalised(data, im.width, im.height, fmt, 1, raw_size)
+    orientation = 1
     if exif_rotated:
         try:
+            orientation = im.getexif().get(0x0112, 1)
             im = ImageOps.exif_transpose(im)
         except Exception:  # noqa: BLE001
-            pass
+            orientation = 1
     rgb = to_rgb(im)
     buf = io.BytesIO()
     if fmt == "JPEG":
@@ -132,7 +137,42 @@ def normalise(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Normalised:
     else:
         rgb.save(buf, format="PNG", compress_level=1)
         out_fmt = "PNG"
-    return Normalised(buf.getvalue(), rgb.width, rgb.height, out_fmt)
+    return Normalised(buf.getvalue(), rgb.width, rgb.height, out_fmt, orientation, raw_size)
+
+
+# Where a point (x, y) of the raw pixels (w x h) lands once EXIF orientation k is applied (PIL's exif_transpose).
+_ORIENT = {
+    2: lambda x, y, w, h: (w - x, y), 3: lambda x, y, w, h: (w - x, h - y), 4: lambda x, y, w, h: (x, h - y),
+    5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (h - y, x), 7: lambda x, y, w, h: (h - y, w - x),
+    8: lambda x, y, w, h: (y, w - x),
+}
+
+
+def boxes_to_stored(boxes: list[dict], norm: Normalised, given_size: tuple[int, int] | None) -> list[dict]:
+    """Object boxes ({label, bbox: [x, y, w, h]}) moved into the pixels of the stored image.
+
+    `given_size` is the (width, height) the source says the boxes are measured in (COCO's `images`
+    entries). Boxes measured on the raw pixels of an EXIF-rotated file are rotated with the image; boxes
+    on another size are scaled; without a size the boxes are taken to be on the image as displayed
+    (upright), which is what annotation tools show. Boxes are clipped to the image; empty ones are dropped."""
+    W, H = norm.width, norm.height
+    raw = norm.raw_size or (W, H)
+    out = []
+    for b in boxes:
+        x, y, w, h = (float(v) for v in b["bbox"])
+        corners = [(x, y), (x + w, y + h)]
+        if given_size and tuple(given_size) != (W, H):
+            if norm.orientation in _ORIENT and tuple(given_size) == tuple(raw):
+                corners = [_ORIENT[norm.orientation](cx, cy, raw[0], raw[1]) for cx, cy in corners]
+            else:
+                sx, sy = W / max(1, given_size[0]), H / max(1, given_size[1])
+                corners = [(cx * sx, cy * sy) for cx, cy in corners]
+        xs = sorted(min(max(c[0], 0.0), W) for c in corners)
+        ys = sorted(min(max(c[1], 0.0), H) for c in corners)
+        if xs[1] - xs[0] > 0 and ys[1] - ys[0] > 0:
+            out.append({"label": b.get("label"), "bbox": [round(xs[0], 2), round(ys[0], 2), round(xs[1] - xs[0], 2),
+                                                          round(ys[1] - ys[0], 2)]})
+    return out
 
 
 def decode_rgb(data: bytes) -> Image.Image:

@@ -33,7 +33,7 @@ class Lineage:
 def writer(manifest: dict, output: str) -> tuple[str, dict] | None:
     """(stage name, its manifest record) of the stage that writes `output`; ingest writes items."""
     stages = manifest.get("stages", {})
-    if output == "items":
+    if output in ("items", "given"):
         return ("ingest", stages["ingest"]) if "ingest" in stages else None
     for name, rec in stages.items():
         if output in (rec.get("writes") or ()):
@@ -42,7 +42,7 @@ def writer(manifest: dict, output: str) -> tuple[str, dict] | None:
 
 
 def repair_hint(manifest: dict, output: str) -> str:
-    if output == "items":
+    if output in ("items", "given"):
         return "run `povid ingest` (or `povid synth`) with the same sources: it rebuilds it"
     w = writer(manifest, output)
     name = w[0] if w else "the stage that writes it"
@@ -62,7 +62,7 @@ def compute(ds, output: str, memo: dict[str, Lineage]) -> Lineage:
             out.unreadable[k] = str(e)
             continue
         rec = records.get(f"{k:05d}")
-        recorded = rec.get("key") if rec else None
+        recorded = ((rec.get("keys") or {}).get(output) or rec.get("key")) if rec else None
         if rec is None or (recorded is not None and recorded != key):
             out.stale.append(k)
             continue

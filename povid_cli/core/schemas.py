@@ -1,7 +1,14 @@
 """Arrow schemas of the tables every stage agrees on.
 
 Images are `struct<bytes: binary, path: string>`: the layout of the Hugging Face `datasets` Image
-feature, so `datasets.load_dataset("parquet", ...)` decodes them without help.
+feature. Every Parquet file the store writes carries the `datasets` features of its columns in its
+`huggingface` metadata (`hf_metadata`, added by core/fs.py), so `datasets.load_dataset("parquet", ...)`
+decodes image columns (and lists of images) as images without a cast.
+
+An item is (images, prompt, chosen): `image` is its first image and `extra_images` the others (null for
+the usual one-image item), so one-image code reads `image` as before. The rejected answers a source
+gives for an item are not on the item: they are rows of `given` (shard k of `given` holds the given
+pairs of the items of shard k), as many per item as the sources have.
 """
 
 from __future__ import annotations
@@ -9,25 +16,45 @@ from __future__ import annotations
 import pyarrow as pa
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+IMAGES = pa.list_(IMAGE)
+# An object box: `bbox` is [x, y, w, h] in pixels of the stored (upright, normalised) image.
+BOX = pa.struct([("label", pa.string()), ("bbox", pa.list_(pa.float64()))])
 
 TASKS = ("caption", "vqa", "reasoning")
 
 ITEMS = pa.schema([
-    ("id", pa.string()),               # sha256(image_sha256 + prompt)[:16]: stable across runs and machines
-    ("image", IMAGE),
-    ("image_sha256", pa.string()),     # sha256 of the source file's bytes
-    ("width", pa.int32()),
+    ("id", pa.string()),               # sha256(image hashes, prompt, chosen)[:16]: stable across runs and machines
+    ("image", IMAGE),                  # the (first) image
+    ("extra_images", IMAGES),          # the item's other images, in order (multi-image records), else null
+    ("image_sha256", pa.string()),     # sha256 of the first image's source bytes
+    ("width", pa.int32()),             # of the first image, as stored
     ("height", pa.int32()),
-    ("prompt", pa.string()),           # the user turn, without <image> tags
+    ("prompt", pa.string()),           # the user turn, without <image> tags or chat template
     ("chosen", pa.string()),           # the ground-truth answer ("" when has_answer is false)
-    ("has_answer", pa.bool_()),        # false for images ingested without an answer (--prompt only)
-    ("rejected", pa.string()),         # a ready dispreferred answer (POVID/TRL input), else null
+    ("has_answer", pa.bool_()),        # false when the source gives no (or an empty) answer
     ("task", pa.string()),             # caption | vqa | reasoning
     ("objects", pa.list_(pa.string())),  # ground-truth COCO objects when the source has them, else null
-    ("source", pa.string()),           # the file the record came from
+    ("boxes", pa.list_(BOX)),          # object boxes of the first image when the source has them, else null
+    ("source", pa.string()),           # the record's file, relative to the image root, or its name
     ("source_id", pa.string()),        # the record's own id in that file, when it has one
     ("turn", pa.int32()),              # index of the (human, gpt) pair in a multi-turn conversation
 ])
+
+# The rejected answers the sources give ("given pairs"), shard-aligned with items.
+GIVEN = pa.schema([
+    ("id", pa.string()),               # the pair id: core.stage.pair_id(item_id, "text", None, rejected)
+    ("item_id", pa.string()),
+    ("rejected", pa.string()),
+    ("model", pa.string()),            # who wrote the rejected answer, when the source says (VLFeedback)
+    ("source", pa.string()),           # the record that gave it (several records may give pairs to one item)
+    ("source_id", pa.string()),
+])
+
+
+def item_images(row: dict) -> list[dict]:
+    """Every image of an item or pair row, first one first (rows of older datasets have `image` only)."""
+    first = row.get("image")
+    return ([first] if first is not None else []) + list(row.get("extra_images") or [])
 
 
 def image_struct(data: bytes, path: str | None = None) -> dict:
@@ -82,9 +109,48 @@ PAIRS = pa.schema([
     ("prompt", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),
-    ("image", IMAGE),                    # the clean image
+    ("image", IMAGE),                    # the clean image (the first one)
+    ("extra_images", IMAGES),            # the item's other clean images (multi-image items), else null
     ("variant", pa.string()),            # distortion variant for image pairs, else null
     ("task", pa.string()),
     ("source", pa.string()),
     ("source_id", pa.string()),
 ])
+
+
+# -- the `datasets` features of a table, for the Parquet `huggingface` metadata --------------------------
+def _feature(t: pa.DataType) -> dict:
+    if t == IMAGE:
+        return {"_type": "Image"}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"feature": _feature(t.value_type), "_type": "List"}
+    dtype = {"string": "string", "large_string": "large_string", "int32": "int32", "int64": "int64",
+             "double": "float64", "float": "float32", "bool": "bool", "binary": "binary"}.get(str(t), str(t))
+    return {"dtype": dtype, "_type": "Value"}
+
+
+def hf_features(schema: pa.Schema, image_columns: dict[str, str] | None = None) -> dict:
+    """The `datasets` info dict of `schema`: image structs (and lists of them) as `Image` features. Columns
+    named in `image_columns` ("Image" | "List") are forced to that, whatever their type."""
+    out = {}
+    for f in schema:
+        how = (image_columns or {}).get(f.name)
+        if how == "List":
+            out[f.name] = {"feature": {"_type": "Image"}, "_type": "List"}
+        elif how == "Image":
+            out[f.name] = {"_type": "Image"}
+        else:
+            out[f.name] = _feature(f.type)
+    return {"info": {"features": out}}
+
+
+def has_images(t: pa.DataType) -> bool:
+    if t == IMAGE:
+        return True
+    if pa.types.is_struct(t):
+        return any(has_images(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return has_images(t.value_type)
+    return False

@@ -66,6 +66,11 @@ class Batch:
         return out
 
 
+def pair_id(item_id: str, kind: str, variant: str | None, rejected: str) -> str:
+    """A pair's stable id (filter's candidates, ingest's given pairs): the same pair always has the same id."""
+    return digest(item_id, kind, variant, rejected)
+
+
 def item_id_of(row: dict) -> str:
     """The item a row belongs to: `item_id` when the row has one (pairs), else its `id`."""
     return row.get("item_id") or row["id"]
@@ -103,8 +108,10 @@ class DataView:
         return self._ds.has(output)
 
     def all_null(self, output: str, column: str) -> bool:
-        """True when no row of `output` has a value in `column` (or there is no such output)."""
+        """True when no row of `output` has a value in `column` (or there is no such output or column)."""
         for k in self._ds.committed_shards(output):
+            if column not in self._ds.shard(output, k).parquet_schema().names:
+                continue
             if self._ds.read_shard(output, k, columns=[column]).column(column).null_count < self._ds.num_rows(output, k):
                 return False
         return True

@@ -33,7 +33,9 @@ from povid_cli.core.lineage import ShardUnreadable
 
 MANIFEST = "manifest.json"
 FORMAT = "povid-dataset"
-FORMAT_VERSION = 1
+# 2: item ids hash (images, prompt, chosen), given rejected answers live in `given`, items have
+# `extra_images` and `boxes`. Version 1 datasets stay readable; ingest refuses to add to them.
+FORMAT_VERSION = 2
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
 KEY_FIELD = "povid.key"
 LOCK = ".lock"

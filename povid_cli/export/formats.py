@@ -1,15 +1,17 @@
 """`export`: preference pairs -> the formats training code reads. Pure functions, rows in -> rows out.
 
-Input: rows shaped like `schemas.PAIRS` (id, item_id, kind, prompt, chosen, rejected, image, variant,
-task, source, source_id; filter adds score columns, which are ignored here). Before `filter` has run,
-`pairs_from_items` turns items that carry a ready `rejected` (POVID JSON or TRL Parquet input) into
-such rows.
+Input: rows shaped like `schemas.PAIRS` (id, item_id, kind, prompt, chosen, rejected, image,
+extra_images, variant, task, source, source_id; filter adds score columns, which are ignored here).
+Before `filter` has run, `pairs_from_items` turns the items' given pairs (the rejected answers their
+sources gave: POVID, TRL, RLAIF-V, ...) into such rows.
 
-Formats:
-- `trl`: one row per pair, what `trl.DPOTrainer` takes for VLMs: `images` (list of image structs),
-  conversational `prompt` / `chosen` / `rejected`, plus `kind` and provenance columns.
+Formats (an item's images: `image`, then `extra_images` for multi-image items):
+- `trl`: one row per pair, what `trl.DPOTrainer` takes for VLMs: `images` (list of image structs, all of
+  the item's), conversational `prompt` (one image placeholder per image) / `chosen` / `rejected`, plus
+  `kind` and provenance columns.
 - `povid`: the JSON of the POVID repository: `conversations` (human + chosen gpt turn),
-  `rejected_conversations` (human + rejected gpt turn), `image` (a path relative to the JSON file).
+  `rejected_conversations` (human + rejected gpt turn), `image` (a path relative to the JSON file; a
+  list of paths for a multi-image item, one `<image>` tag each).
 - `llava`: LLaVA instruction JSON with the chosen answers, one record per item.
 - `sharegpt`: ShareGPT preference JSON (the LLaMA-Factory layout): `conversations` (the human turn),
   `chosen` and `rejected` (gpt turns), `images` (paths relative to the JSON file).
@@ -24,7 +26,8 @@ from typing import Iterable
 import pyarrow as pa
 
 from povid_cli.core.images import extension
-from povid_cli.core.schemas import IMAGE
+from povid_cli.core.schemas import IMAGE, item_images
+from povid_cli.core.schemas import hf_features as _hf_features
 
 FORMATS = ("trl", "povid", "llava", "sharegpt")
 KINDS = ("text", "image", "all")
@@ -53,18 +56,25 @@ def pair_id(item_id: str, kind: str, rejected: str) -> str:
     return hashlib.sha256(f"{item_id}\n{kind}\n{rejected}".encode()).hexdigest()[:16]
 
 
-def pairs_from_items(items: Iterable[dict]) -> list[dict]:
-    """Items with a ready `rejected` (POVID/TRL input) as pair rows of kind `text`."""
+def pairs_from_items(items: Iterable[dict], given: Iterable[dict] = ()) -> list[dict]:
+    """The items' given pairs as pair rows of kind `text`, item by item in order (items without an answer
+    left out). A format-1 dataset's items carry their one given answer in `rejected`."""
+    by_item: dict[str, list[dict]] = {}
+    for g in given:
+        by_item.setdefault(g["item_id"], []).append(g)
     out = []
     for it in items:
-        rej = it.get("rejected")
-        if not rej or not it.get("has_answer", True):
+        if not it.get("has_answer", True):
             continue
-        out.append({
-            "id": pair_id(it["id"], "text", rej), "item_id": it["id"], "kind": "text",
-            "prompt": it["prompt"], "chosen": it["chosen"], "rejected": rej, "image": it["image"],
-            "variant": None, "task": it.get("task"), "source": it.get("source"), "source_id": it.get("source_id"),
-        })
+        base = {"item_id": it["id"], "kind": "text", "prompt": it["prompt"], "chosen": it["chosen"],
+                "image": it["image"], "extra_images": it.get("extra_images"), "variant": None, "task": it.get("task"),
+                "source": it.get("source"), "source_id": it.get("source_id")}
+        rej = it.get("rejected")
+        if rej:
+            out.append({**base, "id": pair_id(it["id"], "text", rej), "rejected": rej})
+        for g in by_item.get(it["id"], []):
+            out.append({**base, "id": g["id"], "rejected": g["rejected"], "source": g.get("source") or base["source"],
+                        "source_id": g.get("source_id")})
     return out
 
 
@@ -79,8 +89,8 @@ def select(pairs: Iterable[dict], kind: str = "all", limit: int | None = None) -
     return out
 
 
-def user_turn(prompt: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt}]}]
+def user_turn(prompt: str, n_images: int = 1) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "text": None}] * n_images + [{"type": "text", "text": prompt}]}]
 
 
 def assistant_turn(text: str) -> list[dict]:
@@ -90,8 +100,8 @@ def assistant_turn(text: str) -> list[dict]:
 def to_trl(pairs: Iterable[dict]) -> list[dict]:
     """Rows of the `TRL` schema."""
     return [{
-        "images": [{"bytes": p["image"]["bytes"], "path": p["image"].get("path")}],
-        "prompt": user_turn(p["prompt"]),
+        "images": [{"bytes": im["bytes"], "path": im.get("path")} for im in item_images(p)],
+        "prompt": user_turn(p["prompt"], len(item_images(p))),
         "chosen": assistant_turn(p["chosen"]),
         "rejected": assistant_turn(p["rejected"]),
         "kind": p.get("kind"), "id": p["id"], "item_id": p["item_id"], "variant": p.get("variant"),
@@ -102,27 +112,8 @@ def to_trl(pairs: Iterable[dict]) -> list[dict]:
 def hf_features(schema: pa.Schema, image_columns: dict[str, str]) -> dict:
     """The `datasets` Features dict for `schema` (image_columns: name -> "Image" | "List"), for the
     Parquet `huggingface` metadata, so `load_dataset` decodes images without a cast and without
-    importing `datasets` here."""
-
-    def feature(t: pa.DataType):
-        if pa.types.is_struct(t):
-            return {t.field(i).name: feature(t.field(i).type) for i in range(t.num_fields)}
-        if pa.types.is_list(t):
-            return {"feature": feature(t.value_type), "_type": "List"}
-        dtype = {"string": "string", "int32": "int32", "int64": "int64", "double": "float64", "float": "float32",
-                 "bool": "bool", "binary": "binary"}.get(str(t), str(t))
-        return {"dtype": dtype, "_type": "Value"}
-
-    out = {}
-    for f in schema:
-        how = image_columns.get(f.name)
-        if how == "List":
-            out[f.name] = {"feature": {"_type": "Image"}, "_type": "List"}
-        elif how == "Image":
-            out[f.name] = {"_type": "Image"}
-        else:
-            out[f.name] = feature(f.type)
-    return {"info": {"features": out}}
+    importing `datasets` here (core/schemas.py; every stage's Parquet gets the same)."""
+    return _hf_features(schema, image_columns)
 
 
 # -- the JSON formats ------------------------------------------------------------------------------
@@ -132,16 +123,22 @@ def image_file(image: dict) -> str:
     return f"images/{hashlib.sha256(data).hexdigest()[:20]}{extension(data)}"
 
 
-def _human(prompt: str) -> dict:
-    return {"from": "human", "value": IMAGE_TAG + prompt}
+def _human(prompt: str, n_images: int = 1) -> dict:
+    return {"from": "human", "value": IMAGE_TAG * n_images + prompt}
+
+
+def _image_field(p: dict):
+    """A path for a one-image item (as LLaVA writes it), the list of paths for a multi-image one."""
+    files = [image_file(im) for im in item_images(p)]
+    return files[0] if len(files) == 1 else files
 
 
 def to_povid(pairs: Iterable[dict]) -> list[dict]:
     out = []
     for p in pairs:
-        human = _human(p["prompt"])
+        human = _human(p["prompt"], len(item_images(p)))
         out.append({
-            "id": p["id"], "image": image_file(p["image"]),
+            "id": p["id"], "image": _image_field(p),
             "conversations": [human, {"from": "gpt", "value": p["chosen"]}],
             "rejected_conversations": [human, {"from": "gpt", "value": p["rejected"]}],
             "kind": p.get("kind"), "item_id": p["item_id"], "source_id": p.get("source_id"),
@@ -157,8 +154,8 @@ def to_llava(pairs: Iterable[dict]) -> list[dict]:
             continue
         seen.add(p["item_id"])
         out.append({
-            "id": p["item_id"], "image": image_file(p["image"]),
-            "conversations": [_human(p["prompt"]), {"from": "gpt", "value": p["chosen"]}],
+            "id": p["item_id"], "image": _image_field(p),
+            "conversations": [_human(p["prompt"], len(item_images(p))), {"from": "gpt", "value": p["chosen"]}],
             "source_id": p.get("source_id"),
         })
     return out
@@ -166,8 +163,8 @@ def to_llava(pairs: Iterable[dict]) -> list[dict]:
 
 def to_sharegpt(pairs: Iterable[dict]) -> list[dict]:
     return [{
-        "id": p["id"], "images": [image_file(p["image"])],
-        "conversations": [_human(p["prompt"])],
+        "id": p["id"], "images": [image_file(im) for im in item_images(p)],
+        "conversations": [_human(p["prompt"], len(item_images(p)))],
         "chosen": {"from": "gpt", "value": p["chosen"]},
         "rejected": {"from": "gpt", "value": p["rejected"]},
         "kind": p.get("kind"), "item_id": p["item_id"],
@@ -181,5 +178,6 @@ def image_files(pairs: Iterable[dict]) -> dict[str, bytes]:
     """relative path -> bytes, once per distinct image."""
     files: dict[str, bytes] = {}
     for p in pairs:
-        files.setdefault(image_file(p["image"]), p["image"]["bytes"])
+        for im in item_images(p):
+            files.setdefault(image_file(im), im["bytes"])
     return files

@@ -45,8 +45,7 @@ def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[
             kinds = ds.read_shard(source, k, columns=["kind"]).column("kind").to_pylist()
             n = len(kinds) if kind == "all" else sum(1 for x in kinds if x == kind)
         else:
-            t = ds.read_shard(source, k, columns=["rejected", "has_answer"]).to_pylist()
-            n = sum(1 for r in t if r["rejected"] and r["has_answer"] is not False) if kind in ("all", "text") else 0
+            n = T.count_given(ds, k) if kind in ("all", "text") else 0
         if n == 0:
             continue
         take = None if left is None or n <= left else left
@@ -77,8 +76,8 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     if not plan:
         what = "pairs" if kind == "all" else f"{kind} pairs"
         hint = ("" if source == "pairs" else
-                "; run `povid filter` (or `povid synth`) first: before it, only items with a ready rejected "
-                "answer (POVID or TRL input) can be exported")
+                "; run `povid filter` (or `povid synth`) first: before it, only the rejected answers the sources "
+                "gave (POVID, TRL, RLAIF-V, ... input) can be exported")
         raise PovidError(f"{ds.root.url} has no {what} to export{hint}")
     target.parent().makedirs()
     tmp = new_version(target)

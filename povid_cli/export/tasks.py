@@ -1,6 +1,6 @@
 """The export tasks, run by workers: each converts one source shard into the export's temporary folder.
 
-- `ConvertTask`: shard k of `pairs` (or of `items` before filter has run) -> `train-NNNNN.parquet` (trl),
+- `ConvertTask`: shard k of `pairs` (or of `items` and `given` before filter has run) -> `train-NNNNN.parquet` (trl),
   or -> its images under images/ plus a fragment of JSON records under .records/ (povid, llava, sharegpt).
 - `AssembleTask`: the JSON formats' fragments -> the one JSON file, in shard order (llava: one record per
   item across shards), then the fragments are removed.
@@ -58,7 +58,21 @@ def run(task: ConvertTask | AssembleTask) -> ConvertResult:
 
 def shard_pairs(ds: Dataset, source: str, k: int, kind: str, take: int | None) -> list[dict]:
     rows = ds.read_shard(source, k).to_pylist()
-    return conv.select(rows if source == "pairs" else conv.pairs_from_items(rows), kind, take)
+    if source == "pairs":
+        return conv.select(rows, kind, take)
+    given = ds.read_shard("given", k).to_pylist() if ds.shard("given", k).exists() else []
+    return conv.select(conv.pairs_from_items(rows, given), kind, take)
+
+
+def count_given(ds: Dataset, k: int) -> int:
+    """The given pairs of items shard k that export would write (items with an answer), from light columns."""
+    names = ds.shard("items", k).parquet_schema().names
+    items = ds.read_shard("items", k, columns=["id", "has_answer"] + (["rejected"] if "rejected" in names else []))
+    answered = {r["id"]: bool(r.get("rejected")) for r in items.to_pylist() if r["has_answer"] is not False}
+    n = sum(answered.values())  # a format-1 dataset's one `rejected` per item
+    if ds.shard("given", k).exists():
+        n += sum(1 for i in ds.read_shard("given", k, columns=["item_id"]).column("item_id").to_pylist() if i in answered)
+    return n
 
 
 def convert(task: ConvertTask) -> ConvertResult:

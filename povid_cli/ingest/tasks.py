@@ -1,35 +1,40 @@
 """The ingest tasks, run by workers: they read the image bytes themselves and return counts.
 
-- `HashTask`: the sha256 of each record's image (the item id needs it before anything is written).
-- `ItemsTask`: decode, check and normalise the images of one new `items` shard (or a row range of it)
-  and write it; only counts and the failed records (text, no image bytes) go back to the driver.
+- `HashTask`: the sha256 of each distinct image (the item ids need them before anything is written).
+- `ItemsTask`: decode, check and normalise the images of one new `items` shard (or a row range of it) and
+  write it, with the given pairs of its items as shard k of `given` (written first: `items`, the main
+  output, last). Only counts and the ids of failed items (with why) go back to the driver.
+- `GivenTask`: given pairs that arrived for items already in shard k (a later record, a later run) are
+  added to shard k of `given`; the items shard is not touched, so only `filter` runs again on it.
 
-Images come from a local file (`image_path`, read with `open`, inside the image root checked by the
-reader) or from a Parquet source (`image_ref` = (file, row, column, index)): a task reads only the row
-groups that hold its rows, and only the image column.
+Images are `ImageRef`s (povid_cli/ingest/record.py): a local file (checked inside the image root by the
+reader), a URL, a cell of a Parquet or Arrow file (a task reads only the row groups that hold its rows,
+and only the image column), or base64 text. Each distinct image is read once per task.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import binascii
 import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from povid_cli.core.errors import RowError
-from povid_cli.core.schemas import ITEMS
+from povid_cli.core.fs import resolve
+from povid_cli.core.schemas import GIVEN, ITEMS
 from povid_cli.core.shard_task import write_part, write_shard
-from povid_cli.core.stage import failure
-from povid_cli.core.store import Dataset
-from povid_cli.ingest.normalise import IngestConfig, image_sha256, normalise_records
+from povid_cli.core.store import Dataset, digest
+from povid_cli.ingest.normalise import IngestConfig, image_sha256, item_row
+from povid_cli.ingest.record import ImageRoot, safe
 
 JOB = "ingest"
 
 
 @dataclass(frozen=True)
 class HashTask:
-    records: tuple[dict, ...]  # {"i": index in the plan, "image_path" | "image_ref"}
+    refs: tuple[tuple, ...]
 
 
 @dataclass(frozen=True)
@@ -37,110 +42,173 @@ class ItemsTask:
     root: str
     k: int
     key: str
-    records: tuple[dict, ...]  # Record fields + id + image_sha256 (no bytes)
+    items: tuple[dict, ...]  # id, refs, shas, names, prompt, chosen, ..., given: [GIVEN rows]
     config: IngestConfig
-    part: str | None = None  # set when shard k is written in several parts (merged afterwards)
+    with_given: bool = False  # shard k of `given` is written too (some item of the shard has given pairs)
+    part: str | None = None   # set when shard k is written in several parts (merged afterwards)
+
+
+@dataclass(frozen=True)
+class GivenTask:
+    root: str
+    k: int
+    rows: tuple[dict, ...]
 
 
 @dataclass
 class ItemsResult:
     k: int
     rows: int = 0
-    failures: list[dict] = field(default_factory=list)
+    pairs: int = 0
+    failed: list[tuple] = field(default_factory=list)  # (item id, error, kind, retryable)
     seconds: float = 0.0
     part: str | None = None
 
 
-def run(task: HashTask | ItemsTask):
-    return hash_images(task) if isinstance(task, HashTask) else write_items(task)
+def run(task):
+    if isinstance(task, HashTask):
+        return hash_images(task)
+    if isinstance(task, GivenTask):
+        return add_given(task)
+    return write_items(task)
 
 
-def read_images(records) -> list[tuple[bytes | None, str | None] | OSError]:
-    """(bytes, path stored in the source) per record, or the OSError that reading it raised."""
-    out: list = [None] * len(records)
-    by_file: dict[str, list[int]] = {}
-    for j, rec in enumerate(records):
-        ref = rec.get("image_ref")
-        if ref:
-            by_file.setdefault(ref[0], []).append(j)
-            continue
-        try:
-            with open(rec["image_path"], "rb") as f:
-                out[j] = (f.read(), None)
-        except OSError as e:
-            out[j] = e
-    for path, js in by_file.items():
-        _read_parquet_images(path, [records[j]["image_ref"] for j in js], js, out)
-    return out
-
-
-def _read_parquet_images(path: str, refs: list, js: list[int], out: list) -> None:
-    from povid_cli.core.fs import resolve
-
-    column = refs[0][2]
-    rows = [r[1] for r in refs]
-    try:
-        table = resolve(path).read_parquet_rows(min(rows), max(rows) + 1, columns=[column])
-    except (OSError, pa.ArrowInvalid) as e:
-        for j in js:
-            out[j] = OSError(f"cannot read {path}: {e}")
-        return
-    values = table.column(column)
-    for j, (_, row, _, index) in zip(js, refs):
-        v = values[row - min(rows)].as_py()
-        if isinstance(v, list):
-            v = v[index] if index < len(v) else None
-        out[j] = (v.get("bytes"), v.get("path")) if isinstance(v, dict) and v.get("bytes") else (None, None)
-
-
-def hash_images(task: HashTask) -> list[tuple[int, str | None, str | None]]:
-    """(i, sha256, None) per record, or (i, None, why it cannot be read)."""
-    out = []
-    for rec, got in zip(task.records, read_images(task.records)):
-        if isinstance(got, OSError):
-            out.append((rec["i"], None, f"image cannot be read ({type(got).__name__}: {getattr(got, 'strerror', None) or got})"))
-        elif got[0] is None:
-            out.append((rec["i"], None, "row has no embedded image bytes"))
+# -- reading images --------------------------------------------------------------------------------------
+def read_images(refs) -> dict[tuple, bytes | str]:
+    """ref -> its bytes, or a one-line reason it cannot be read."""
+    out: dict = {}
+    cells: dict[tuple, list] = {}
+    for ref in dict.fromkeys(refs):
+        kind = ref[0]
+        if kind == "cell":
+            cells.setdefault((ref[1], ref[2], ref[4]), []).append(ref)
+        elif kind == "b64":
+            try:
+                out[ref] = base64.b64decode(ref[1], validate=False)
+            except (binascii.Error, ValueError) as e:
+                out[ref] = f"image is not base64 ({e})"
         else:
-            out.append((rec["i"], image_sha256(got[0]), None))
+            out[ref] = _read_file(ref[1], kind == "url")
+    for (file, fmt, column), group in cells.items():
+        _read_cells(file, fmt, column, group, out)
     return out
 
 
+def _read_file(path: str, url: bool) -> bytes | str:
+    try:
+        if url:
+            return resolve(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return f"image cannot be read (no such file): {safe(path)}"
+    except OSError as e:
+        return f"image cannot be read ({getattr(e, 'strerror', None) or e}): {safe(path)}"
+
+
+def _read_cells(file: str, fmt: str, column: str, refs: list, out: dict) -> None:
+    rows = sorted({r[3] for r in refs})
+    try:
+        loc = resolve(file)
+        if fmt == "parquet":
+            values = loc.read_parquet_rows(rows[0], rows[-1] + 1, columns=[column]).column(column)
+            start = rows[0]
+        else:
+            from povid_cli.ingest.readers.tables import read_ipc
+
+            values, start = read_ipc(loc).column(column), 0
+    except (OSError, pa.ArrowInvalid, KeyError) as e:
+        for r in refs:
+            out[r] = f"cannot read {safe(file)}: {e}"
+        return
+    for r in refs:
+        out[r] = _cell(values[r[3] - start].as_py(), r)
+
+
+def _cell(v, ref: tuple) -> bytes | str:
+    index, root = ref[5], ref[6]
+    if isinstance(v, list):
+        v = v[index] if index < len(v) else None
+    if isinstance(v, dict):
+        data, path = v.get("bytes"), v.get("path")
+        if data:
+            return data
+        if path and root:  # a cell that points at a file: read it from the image root, like any path
+            try:
+                got = ImageRoot(root).resolve(path)
+            except ValueError as e:
+                return str(e)
+            return _read_file(got[1], got[0] == "url")
+        v = None
+    if isinstance(v, str) and v:  # base64 text (OPA-DPO)
+        try:
+            return base64.b64decode(v, validate=False)
+        except (binascii.Error, ValueError) as e:
+            return f"image is not base64 ({e})"
+    if isinstance(v, (bytes, bytearray)) and v:
+        return bytes(v)
+    return f"row {ref[3]} of {safe(ref[1].rsplit('/', 1)[-1])} has no image bytes in {ref[4]!r}"
+
+
+def hash_images(task: HashTask) -> list[tuple[tuple, str | None, str | None]]:
+    """(ref, sha256, None) per image, or (ref, None, why it cannot be read)."""
+    got = read_images(task.refs)
+    return [(ref, image_sha256(v), None) if isinstance(v, bytes) else (ref, None, v) for ref, v in got.items()]
+
+
+# -- writing ----------------------------------------------------------------------------------------------
 def write_items(task: ItemsTask) -> ItemsResult:
     t0 = time.perf_counter()
-    records = []
-    failures: list[dict] = []
-    for rec, got in zip(task.records, read_images(task.records)):
-        if isinstance(got, OSError) or got[0] is None:
-            why = "image cannot be read" if isinstance(got, OSError) else "row has no embedded image bytes"
-            failures.append(failure(rec["id"], f"{rec.get('image_name') or rec['source']}: {why}", kind="missing_image",
-                                    retryable=True, detail=detail(rec)))
+    datas = read_images([r for it in task.items for r in it["refs"]])
+    rows, given, failed = [], [], []
+    for it in task.items:
+        got = [datas[r] for r in it["refs"]]
+        bad = next((j for j, v in enumerate(got) if not isinstance(v, bytes)), None)
+        if bad is not None:
+            failed.append((it["id"], f"{safe(it['names'][bad] or it['source'])}: {got[bad]}", "missing_image", True))
             continue
-        data, path = got
-        if image_sha256(data) != rec["image_sha256"]:
-            failures.append(failure(rec["id"], "the file changed while it was being ingested; run ingest again",
-                                    kind="changed", retryable=True, detail=detail(rec)))
+        if any(image_sha256(v) != sha for v, sha in zip(got, it["shas"])):
+            failed.append((it["id"], "the file changed while it was being ingested; run ingest again", "changed", True))
             continue
-        records.append({**rec, "bytes": data, "image_name": rec.get("image_name") or path})
-    rows, failed = normalise_records(records, task.config)
-    failures += failed
+        try:
+            rows.append(item_row(it, got, task.config))
+        except RowError as e:
+            failed.append((it["id"], str(e), e.kind, e.retryable))
+            continue
+        given += it["given"]
     ds = Dataset.at(task.root)
-    table = items_table(rows)
+    tables = ([("given", pa.Table.from_pylist(given, schema=GIVEN))] if task.with_given else []) + \
+        [("items", items_table(rows))]
     if task.part is None:
-        write_shard(ds, [("items", table)], task.k, task.key)
+        write_shard(ds, tables, task.k, task.key)
     else:
-        write_part(ds, JOB, [("items", table)], task.k, task.key, task.part)
-    return ItemsResult(task.k, len(rows), failures, time.perf_counter() - t0, task.part)
+        write_part(ds, JOB, tables, task.k, task.key, task.part)
+    return ItemsResult(task.k, len(rows), len(given), failed, time.perf_counter() - t0, task.part)
 
 
-def detail(rec: dict) -> str:
-    return json.dumps({"source": rec.get("source"), "source_id": rec.get("source_id"), "image": rec.get("image_name"),
-                       "turn": rec.get("turn")})
+def add_given(task: GivenTask) -> tuple[int, int, int, str | None]:
+    """(k, pairs added, pairs in the shard, the shard's key now): the new given pairs of shard k's items
+    merged into shard k."""
+    ds = Dataset.at(task.root)
+    loc = ds.shard("given", task.k)
+    prev = ds.read_shard("given", task.k).to_pylist() if loc.exists() else []
+    have = {r["id"] for r in prev}
+    new = []
+    for r in task.rows:
+        if r["id"] not in have:
+            have.add(r["id"])
+            new.append(r)
+    key = ds.shard_key("given", task.k)
+    if new:
+        rows = prev + new
+        key = digest(sorted(r["id"] for r in rows))
+        ds.write_shard("given", task.k, pa.Table.from_pylist(rows, schema=GIVEN), key)
+    return task.k, len(new), len(prev) + len(new), key
 
 
 def items_table(rows: list[dict]) -> pa.Table:
-    """rows -> an ITEMS table, the image bytes as one buffer. `from_pylist` grows the Arrow binary buffer
-    row by row, which in a fresh process costs ~8x more (0.58 s vs 0.07 s for 300 640x480 JPEGs)."""
+    """rows -> an ITEMS table, the first images' bytes as one buffer. `from_pylist` grows the Arrow binary
+    buffer row by row, which in a fresh process costs ~8x more (0.58 s vs 0.07 s for 300 640x480 JPEGs)."""
     import numpy as np
 
     datas = [r["image"]["bytes"] for r in rows]
@@ -157,4 +225,4 @@ def items_table(rows: list[dict]) -> pa.Table:
     return table.set_column(i, ITEMS.field(i), image)
 
 
-__all__ = ["HashTask", "ItemsTask", "ItemsResult", "run", "read_images", "items_table", "RowError"]
+__all__ = ["HashTask", "ItemsTask", "GivenTask", "ItemsResult", "run", "read_images", "items_table", "JOB"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from povid_cli.core.store import Dataset, digest
+from povid_cli.ingest.accounting import accounting, skipped_text
 
 PIPELINE = ("ingest", "hallucinate", "distort", "sample", "filter")
 # What a stage reads/writes when its manifest record does not say (ingest has no reads).
@@ -55,7 +56,10 @@ def stage_status(ds: Dataset, name: str) -> dict:
     done = _shards(ds, main) if main else []
     if not reads:  # ingest: every items shard is a finished unit of its own
         total = len(done)
-        rows_in = sum(ds.num_rows(main, k) for k in done) + _count(ds, f"failed/{name}")
+        acc = accounting(ds.manifest) if name == "ingest" else None
+        if acc:  # every record of every SRC: items, given pairs, skipped by reason, failed
+            st["records"] = acc
+        rows_in = acc["records"] if acc else sum(ds.num_rows(main, k) for k in done) + _count(ds, f"failed/{name}")
     else:
         total = len(_shards(ds, reads[0]))
         rows_in = sum((shards.get(f"{k:05d}") or {}).get("rows_in", 0) for k in done)
@@ -65,7 +69,7 @@ def stage_status(ds: Dataset, name: str) -> dict:
                         if lin.unreadable}
     st["shards_done"], st["shards_total"] = len(done), total
     st["rows_in"] = rows_in
-    st["rows_out"] = {w: _count(ds, w) for w in writes}
+    st["rows_out"] = {w: _count(ds, w) for w in writes if w == main or name != "ingest" or ds.has(w)}
     retry = column_counts(ds, f"failed/{name}", "retryable")
     st["failed"] = sum(retry.values())
     st["retryable"] = retry.get("True", 0)
@@ -93,6 +97,13 @@ def collect(data: str) -> dict:
         "stages": [stage_status(ds, n) for n in names],
         "exports": [e for e in ds.manifest.get("exports", []) if _exists(e.get("path"))],  # not ones deleted since
     }
+
+
+def records_line(acc: dict) -> str:
+    """`ingest: N records -> items, given pairs, skipped (by reason), failed`, from `accounting`."""
+    s = (f"ingest: {acc['records']} records -> {acc['items']} items ({acc['new']} new, {acc['already_present']} already "
+         f"present), {acc['given_pairs']} given pairs, {skipped_text(acc['skipped'])}, {acc['failed']} failed")
+    return s + (f", {acc['limited']} left by --limit" if acc.get("limited") else "")
 
 
 def drop_reasons(data: str) -> dict[str, int]:

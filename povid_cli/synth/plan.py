@@ -35,6 +35,7 @@ FLAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vlm": ("sample", ("model",)),
     "sample_backend": ("sample", ("backend",)),
     "distort": ("distort", ("methods", "method")),
+    "image_root": ("ingest", ("image_root",)),
 }
 API_BASE_FIELDS = ("api_base", "api.api_base")
 
@@ -112,15 +113,15 @@ def resolve(toml: dict, sources: list[str], flags: dict, data: str | None = None
     sources = list(sources or toml_sources)
     if not sources:
         raise UsageError("give at least one SRC (an image folder or annotation file), or `sources` under [ingest] in povid.toml")
-    ingest = from_table(IngestConfig, ingest_vals, "ingest")
-
     classes = {name: stage_class(ref) for name, ref in STAGE_REFS.items()}
+    configs = {"ingest": IngestConfig, **{name: cls.Config for name, cls in classes.items()}}
     for flag, (section, names) in FLAG_FIELDS.items():
         value = flags.get(flag)
         if value is None or value == [] or value == ():
             continue
-        if not set_option(classes[section].Config, sections[section], names, value):
+        if not set_option(configs[section], sections[section], names, value):
             raise UsageError(f"--{flag.replace('_', '-')} has no matching option in the {section} stage")
+    ingest = from_table(IngestConfig, ingest_vals, "ingest")
     if flags.get("api_base"):
         hit = False
         for section in ("hallucinate", "sample"):

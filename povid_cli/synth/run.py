@@ -99,7 +99,7 @@ def run_synth(data: str, plan: SynthPlan, *, progress=None, executor=None) -> Sy
             ing = ingest(ds, plan.sources, plan.ingest, ex, limit=plan.run.limit, progress=progress)
             result.steps.append(StepReport("ingest", rows_in=ing.scanned, rows_new=ing.new, rows_total=_count(ds, "items"),
                                            failed=ing.failed, shards_run=len(ing.shards), seconds=ing.seconds,
-                                           note=f"{ing.already} already present" if ing.already else ""))
+                                           note=_ingest_note(ing)))
             result.failures += [f"ingest: {f['error']}" for f in ing.failures[:3]]
             if not ds.has("items"):
                 raise PovidError(f"nothing to do: no items could be read from {', '.join(plan.sources)}")
@@ -127,6 +127,18 @@ def run_synth(data: str, plan: SynthPlan, *, progress=None, executor=None) -> Sy
     result.pairs_by_kind = _value_counts(ds, "pairs", "kind")
     result.drops_by_reason = _value_counts(ds, "dropped", "drop_reason")
     return result
+
+
+def _ingest_note(ing) -> str:
+    from povid_cli.ingest.accounting import skipped_text
+
+    t = ing.tally
+    parts = [f"{t.present} already present"] if t.present else []
+    if t.pairs:
+        parts.append(f"{t.pairs} given pairs ({t.pairs_new} new)")
+    if t.skipped:
+        parts.append(skipped_text(t.skipped))
+    return ", ".join(parts)
 
 
 def _export(ds: Dataset, plan: SynthPlan, progress, executor) -> dict | None:

@@ -6,7 +6,7 @@ Input (either):
 - TRL Parquet (a file or a folder of them, e.g. `povid export --format trl`): `images` (list of image structs)
   or `image`, `prompt` / `chosen` / `rejected` in conversational form (or plain strings), optional `kind`.
 
-Output rows (what `trl.DPOTrainer` takes for VLMs, one image per row):
+Output rows (what `trl.DPOTrainer` takes for VLMs; a multi-image item's row has all its images):
 `images` [{bytes, path}], `prompt` [{role: user, content: str}], `chosen` / `rejected` [{role: assistant,
 content: str}], `kind`. TRL puts the image placeholder into the first user turn itself.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from povid_cli.core.errors import PovidError
+from povid_cli.core.schemas import item_images
 
 log = logging.getLogger("povid.train")
 
@@ -96,7 +97,7 @@ def _image(img) -> dict:
 
 
 def _from_povid(r: dict) -> dict:
-    return {"images": [_image(r["image"])], "prompt": _messages(r["prompt"], "user"),
+    return {"images": [_image(i) for i in item_images(r)], "prompt": _messages(r["prompt"], "user"),
             "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
             "kind": r.get("kind") or "text"}
 
