@@ -79,8 +79,8 @@ def build_data(out: Path, n: int, size: int = 112) -> tuple[Path, Path]:
     for i, r in enumerate(rows):  # MMedPO-like weights in [0.2, 1], used by the povid side with --weights
         r["weight"] = 0.2 + 0.8 * (i % 5) / 4
     ds = Dataset.open_or_create(str(out / "data"))
-    ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("weight", pa.float64()))),
-                   digest([r["id"] for r in rows]))
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("weight", pa.float64()))),
+                    digest([r["id"] for r in rows]))
     data = out / "data"
     (out / "trl").mkdir(exist_ok=True)
     # as `povid export --format trl` writes it: `datasets` metadata so load_dataset decodes the images

@@ -173,18 +173,21 @@ def test_weights_from_pairs_trl_and_items_columns(tmp_path):
         r["w"] = float(i)
     data = tmp_path / "data"
     ds = Dataset.open_or_create(str(data))
-    ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("w", pa.float64()))), "k")
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("w", pa.float64()))),
+                    "k")
     assert [r["weight"] for r in read_pairs(str(data), weight_column="w")] == [0.0, 1.0, 2.0, 3.0]
     # an ingested column (items), joined on item_id
     items = [{"id": r["item_id"], "prompt": r["prompt"], "chosen": r["chosen"], "iw": 10.0 + i}
              for i, r in enumerate(rows)]
-    ds.write_shard("items", 0, pa.Table.from_pylist(items, schema=ITEMS.append(pa.field("iw", pa.float64()))), "k")
+    ds.commit_shard("ingest", "items", 0, pa.Table.from_pylist(items, schema=ITEMS.append(pa.field("iw", pa.float64()))),
+                    "k")
     assert [r["weight"] for r in read_pairs(str(data), weight_column="iw")] == [10.0, 11.0, 12.0, 13.0]
     with pytest.raises(PovidError, match="neither the pairs nor the items .* have that column .*--weight-by"):
         read_pairs(str(data), weight_column="weight")
     rows[1]["w"] = -1.0
     rows[2]["w"] = None
-    ds.write_shard("pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("w", pa.float64()))), "k2")
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("w", pa.float64()))),
+                    "k2")
     with pytest.raises(PovidError, match=r"--weight-column w: 1 missing, 1 invalid weight\(s\) of 4 pairs"):
         read_pairs(str(data), weight_column="w")
     trl = weighted_trl(tmp_path / "trl", pair_rows(2), 0.5)

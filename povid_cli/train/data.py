@@ -94,7 +94,8 @@ def _povid_weights(ds, table, raw: list[dict], col: str) -> list:
         if b is not None:
             log.info("weights: weight_score %g..%g scaled to [0.2, 1] over %d pairs", b[0], b[1], len(raw))
             return scaled
-    item_cols = set(ds.shard("items", ds.shard_ids("items")[0]).parquet_schema().names) if ds.has("items") else set()
+    item_shards = ds.committed_shards("items") if ds.has("items") else []
+    item_cols = set(ds.shard("items", item_shards[0]).parquet_schema().names) if item_shards else set()
     if col not in item_cols:
         raise PovidError(f"--weight-column {col}: neither the pairs nor the items of {ds.root.url} have that column"
                          + ("" if col != "weight" else
