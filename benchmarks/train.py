@@ -3,6 +3,7 @@
     python benchmarks/train.py                        # tiny random Qwen2-VL on CPU (LoRA), 24 steps
     python benchmarks/train.py --family llava --full
     python benchmarks/train.py --arch 2b --bf16 --steps 50 --batch-size 4     # on a GPU: random-init Qwen2-VL-2B
+    python benchmarks/train.py --weights              # povid with per-pair weights (--weight-column) vs plain TRL
 
 Each side runs in its own subprocess (clean peak-memory figures): `povid` calls `povid_cli.train.trainer.run_train`
 on a povid dataset; `trl` is the script a TRL user writes: `load_dataset("parquet")` of the same pairs
@@ -68,12 +69,19 @@ def build_model(out: Path, family: str, arch: str) -> Path:
 def build_data(out: Path, n: int, size: int = 112) -> tuple[Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from test_train import make_pairs, pair_rows
+    from test_train import pair_rows
 
+    from povid_cli.core.schemas import PAIRS
+    from povid_cli.core.store import Dataset, digest
     from povid_cli.export.formats import TRL, hf_features, to_trl
 
     rows = pair_rows(n, kinds=("image",), size=size)
-    data = make_pairs(out / "data", rows)
+    for i, r in enumerate(rows):  # MMedPO-like weights in [0.2, 1], used by the povid side with --weights
+        r["weight"] = 0.2 + 0.8 * (i % 5) / 4
+    ds = Dataset.open_or_create(str(out / "data"))
+    ds.commit_shard("filter", "pairs", 0, pa.Table.from_pylist(rows, schema=PAIRS.append(pa.field("weight", pa.float64()))),
+                    digest([r["id"] for r in rows]))
+    data = out / "data"
     (out / "trl").mkdir(exist_ok=True)
     # as `povid export --format trl` writes it: `datasets` metadata so load_dataset decodes the images
     table = pa.Table.from_pylist(to_trl(rows), schema=TRL)
@@ -124,7 +132,8 @@ def worker(a) -> dict:
         cfg = TrainConfig(data=a.data, model=a.model, output=a.out, schedule="mixed", loss=a.loss, lora_r=a.lora_r,
                           lora_alpha=2 * a.lora_r, full=a.full, learning_rate=1e-4, max_steps=a.steps,
                           batch_size=a.batch_size, max_length=a.max_length, bf16=bf16, eval_fraction=0.0,
-                          save_steps=0, logging_steps=a.steps, seed=0, epochs=100)
+                          save_steps=0, logging_steps=a.steps, seed=0, epochs=100,
+                          weight_column="weight" if a.weights else None)
         run_train(cfg, echo=lambda s: None, trainer_callbacks=[timer.callback])
     else:
         import datasets
@@ -161,7 +170,8 @@ def run_side(side: str, a, model: Path, data: Path, trl: Path, tmp: Path) -> dic
     cmd = [sys.executable, __file__, "--worker", side, "--model", str(model),
            "--data", str(data if side == "povid" else trl), "--out", str(tmp / f"out-{side}"),
            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lora-r", str(a.lora_r),
-           "--max-length", str(a.max_length), "--loss", a.loss] + (["--full"] if a.full else []) + (["--bf16"] if a.bf16 else [])
+           "--max-length", str(a.max_length), "--loss", a.loss] + (["--full"] if a.full else []) + (["--bf16"] if a.bf16 else []) \
+        + (["--weights"] if a.weights else [])
     env = dict(os.environ)
     if a.threads:  # one thread on CPU: CPU-time figures that other jobs on the machine do not disturb
         env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
@@ -183,6 +193,7 @@ def main():
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--loss", default="sigmoid", help="povid's loss (the baseline is always plain sigmoid DPO)")
+    ap.add_argument("--weights", action="store_true", help="povid trains with per-pair weights (--weight-column)")
     ap.add_argument("--repeats", type=int, default=5, help="alternate the two sides this many times; best of each")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP threads per side [default: 1 on CPU, unset on GPU]")
@@ -214,7 +225,7 @@ def main():
     print(json.dumps({
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "model": f"{a.family}-{a.arch}", "mode": "full" if a.full else f"lora r={a.lora_r}",
-        "bf16": a.bf16, "loss": a.loss, "threads": a.threads, "steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats,
+        "bf16": a.bf16, "loss": a.loss, "weights": a.weights, "threads": a.threads, "steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats,
         "povid": best["povid"], "trl": best["trl"],
         "ratio_samples_per_s": round(best["povid"]["samples_per_s"] / best["trl"]["samples_per_s"], 3),
         "ratio_samples_per_cpu_s": round(best["povid"]["samples_per_cpu_s"] / best["trl"]["samples_per_cpu_s"], 3),

@@ -11,7 +11,9 @@ Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, 
 scores: `similarity` (word-level, chosen vs rejected), `n_edits` (changed word spans),
 `hallucinated_objects` (COCO categories in rejected absent from the ground truth, CHAIR-style),
 `changed_attributes` ('yellow->red', '+not', ...), `repetition`, `finish_reason`, `logprob`,
-`duplicate_of`, `judge_verdict`, `judge_reason`. `dropped` has the same columns (its images are null:
+`duplicate_of`, `judge_verdict`, `judge_reason`, and `weight_score` (with `--weight-by NAME`: the pair's raw
+MMedPO-style score, see stages/weights.py; export and train normalise it to a weight in [0.2, 1] over the
+whole dataset). `dropped` has the same columns (its images are null:
 join `items` on item_id) plus `drop_reason` (a short stable code) and `drop_detail`.
 
 Scores are stored whatever the decision, so pairs can be re-filtered without running anything again.
@@ -40,6 +42,7 @@ from povid_cli.core.store import digest
 from stages import chair
 from stages.minhash import DedupIndex
 from stages.textsim import is_refusal, normalise, repetition, word_diff, words
+from stages.weights import WEIGHT_SCORES, raw_score
 
 DROP_REASONS = {
     "no_chosen": "the item has no ground-truth answer",
@@ -74,6 +77,7 @@ SCORE_FIELDS = [
     ("duplicate_of", pa.string()),
     ("judge_verdict", pa.string()),
     ("judge_reason", pa.string()),
+    ("weight_score", pa.float64()),
 ]
 PAIRS_OUT = pa.schema(list(PAIRS) + [pa.field(n, t) for n, t in SCORE_FIELDS])
 DROPPED = pa.schema(list(PAIRS_OUT) + [pa.field("drop_reason", pa.string()), pa.field("drop_detail", pa.string())])
@@ -96,6 +100,7 @@ other another into onto out up down off than then so such while one""".split())
 
 _T = "Tuning"
 _J = "Judge (optional)"
+_W = "Weights (optional)"
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,11 @@ class FilterConfig(Options):
     judge_image: bool = opt(True, "Send the image to the judge (a VLM); off: judge against the reference answer only.",
                             invert="--judge-text-only", panel=_J)
     judge_max_tokens: int = opt(64, "Longest judge reply.", min=1, panel=_J)
+    # hash=False: config_hash adds it only when set, so datasets filtered before this option keep their hash
+    weight_by: str | None = opt(None, "Store each pair's raw score NAME as `weight_score` (MMedPO-style pair weights: "
+                                "export and `train --weight-column weight` scale it to [0.2, 1] over the dataset): "
+                                + "; ".join(f"{k}: {v}" for k, v in WEIGHT_SCORES.items()) + ".",
+                                choices=tuple(WEIGHT_SCORES), metavar="NAME", hash=False, panel=_W)
     api: APIConfig = group(APIConfig)
 
 
@@ -185,6 +195,8 @@ def score(c: dict, cfg: FilterConfig) -> tuple[str, str] | None:
     declared = {w for e in c.get("_edits") or [] for w in words(e.get("to")) + words(e.get("from")) if w not in _STOP}
     c["changed_attributes"] = chair.changed_attributes(diff.changes(), declared)
     c["repetition"] = round(repetition(rw), 4)
+    if cfg.weight_by:
+        c["weight_score"] = raw_score(c, cfg.weight_by)
     text = c["kind"] == "text"
 
     if not chosen.strip():
@@ -253,6 +265,8 @@ class FilterStage(Stage):
             from povid_cli.core.templates import prompt_hash
 
             h = digest(h, prompt_hash("filter_judge"))
+        if self.config.weight_by:  # a new column's values: only then part of the hash
+            h = digest(h, "weight_by", self.config.weight_by)
         return h
 
     def setup(self) -> None:

@@ -30,7 +30,8 @@ def export_cmd(
     Formats:
 
       trl       OUT/train-NNNNN.parquet: images (list of images), prompt/chosen/rejected as
-                conversations, kind, id, item_id, source, source_id, task.
+                conversations, kind, id, item_id, source, source_id, task (and weight
+                after `filter --weight-by`: the score scaled to [0.2, 1] over all pairs).
                 datasets.load_dataset("parquet", data_dir=OUT) feeds trl.DPOTrainer directly.
 
       povid     OUT/povid.json (conversations + rejected_conversations, as in the POVID repo)
@@ -55,4 +56,8 @@ def export_cmd(
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
     what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
     console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))
+    if s.get("weights"):
+        w = s["weights"]
+        console.print(escape(f"weights: weight_score {w['score_min']:g}..{w['score_max']:g} scaled to "
+                             f"[{w['floor']:g}, 1] (a `weight` column; povid train --weight-column weight)"))
     out.print(escape(s["path"]))

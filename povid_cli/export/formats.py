@@ -8,13 +8,15 @@ sources gave: POVID, TRL, RLAIF-V, ...) into such rows.
 Formats (an item's images: `image`, then `extra_images` for multi-image items):
 - `trl`: one row per pair, what `trl.DPOTrainer` takes for VLMs: `images` (list of image structs, all of
   the item's), conversational `prompt` (one image placeholder per image) / `chosen` / `rejected`, plus
-  `kind` and provenance columns.
+  `kind` and provenance columns (and `weight` when the pairs carry one: `filter --weight-by`, normalised
+  by the export job, see stages/weights.py).
 - `povid`: the JSON of the POVID repository: `conversations` (human + chosen gpt turn),
   `rejected_conversations` (human + rejected gpt turn), `image` (a path relative to the JSON file; a
   list of paths for a multi-image item, one `<image>` tag each).
-- `llava`: LLaVA instruction JSON with the chosen answers, one record per item.
+- `llava`: LLaVA instruction JSON with the chosen answers, one record per item (no weight: SFT data).
 - `sharegpt`: ShareGPT preference JSON (the LLaMA-Factory layout): `conversations` (the human turn),
   `chosen` and `rejected` (gpt turns), `images` (paths relative to the JSON file).
+`povid` and `sharegpt` records carry `weight` too when the export is weighted.
 The JSON formats reference image files; `image_files` names each distinct image once.
 """
 
@@ -50,6 +52,12 @@ TRL = pa.schema([
     ("source", pa.string()),
     ("source_id", pa.string()),
 ])
+# with pair weights (filter --weight-by): `povid train --weight-column weight` reads them
+TRL_WEIGHTED = pa.schema(list(TRL) + [pa.field("weight", pa.float64())])
+
+
+def trl_schema(weighted: bool) -> pa.Schema:
+    return TRL_WEIGHTED if weighted else TRL
 
 
 def pair_id(item_id: str, kind: str, rejected: str) -> str:
@@ -97,8 +105,8 @@ def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def to_trl(pairs: Iterable[dict]) -> list[dict]:
-    """Rows of the `TRL` schema."""
+def to_trl(pairs: Iterable[dict], weighted: bool = False) -> list[dict]:
+    """Rows of the `TRL` schema (`TRL_WEIGHTED` with `weighted`: each pair's `weight`)."""
     return [{
         "images": [{"bytes": im["bytes"], "path": im.get("path")} for im in item_images(p)],
         "prompt": user_turn(p["prompt"], len(item_images(p))),
@@ -106,7 +114,13 @@ def to_trl(pairs: Iterable[dict]) -> list[dict]:
         "rejected": assistant_turn(p["rejected"]),
         "kind": p.get("kind"), "id": p["id"], "item_id": p["item_id"], "variant": p.get("variant"),
         "task": p.get("task"), "source": p.get("source"), "source_id": p.get("source_id"),
+        **({"weight": p.get("weight")} if weighted else {}),
     } for p in pairs]
+
+
+def _weight(p: dict) -> dict:
+    """The pair's `weight` for a JSON record, when the export is weighted."""
+    return {"weight": p["weight"]} if "weight" in p else {}
 
 
 def hf_features(schema: pa.Schema, image_columns: dict[str, str]) -> dict:
@@ -141,7 +155,7 @@ def to_povid(pairs: Iterable[dict]) -> list[dict]:
             "id": p["id"], "image": _image_field(p),
             "conversations": [human, {"from": "gpt", "value": p["chosen"]}],
             "rejected_conversations": [human, {"from": "gpt", "value": p["rejected"]}],
-            "kind": p.get("kind"), "item_id": p["item_id"], "source_id": p.get("source_id"),
+            "kind": p.get("kind"), "item_id": p["item_id"], "source_id": p.get("source_id"), **_weight(p),
         })
     return out
 
@@ -167,7 +181,7 @@ def to_sharegpt(pairs: Iterable[dict]) -> list[dict]:
         "conversations": [_human(p["prompt"], len(item_images(p)))],
         "chosen": {"from": "gpt", "value": p["chosen"]},
         "rejected": {"from": "gpt", "value": p["rejected"]},
-        "kind": p.get("kind"), "item_id": p["item_id"],
+        "kind": p.get("kind"), "item_id": p["item_id"], **_weight(p),
     } for p in pairs]
 
 

@@ -22,6 +22,7 @@ from povid_cli.core.version import __version__
 from povid_cli.export import formats as conv
 from povid_cli.export import tasks as T
 from povid_cli.export.swap import MARKER, check_out, clean_leftovers, new_version, swap_in
+from stages.weights import FLOOR
 
 MAX_EXPORTS_KEPT = 50
 
@@ -55,6 +56,20 @@ def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[
     return out
 
 
+def weight_bounds(ds: Dataset) -> tuple[float, float] | None:
+    """(min, max) of `weight_score` (filter --weight-by) over every pair of DATA, whatever --kind or --limit
+    the export takes, so a pair's weight does not depend on the export's options; None: pairs have no scores.
+    Recomputed at every export: a refresh that adds shards rescales every pair by the same new bounds."""
+    from stages.weights import bounds
+
+    scores: list = []
+    for k in ds.committed_shards("pairs"):
+        shard = ds.shard("pairs", k)
+        if "weight_score" in shard.parquet_schema().names:
+            scores += ds.read_shard("pairs", k, columns=["weight_score"]).column("weight_score").to_pylist()
+    return bounds(scores)
+
+
 def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit: int | None = None,
                    progress=None, executor=None, record: bool = True) -> dict:
     """Export DATA's pairs to OUT (local path or URL) in `fmt`; returns a summary, also recorded in the
@@ -80,9 +95,11 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
                 "gave (POVID, TRL, RLAIF-V, ... input) can be exported")
         raise PovidError(f"{ds.root.url} has no {what} to export{hint}")
     target.parent().makedirs()
+    weights = weight_bounds(ds) if source == "pairs" else None
     tmp = new_version(target)
     tmp.makedirs()
-    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take) for i, (k, take) in enumerate(plan)]
+    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take, weights)
+             for i, (k, take) in enumerate(plan)]
     task_id = progress.add_task("export", total=len(tasks)) if progress is not None else None
     counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}}
 
@@ -109,6 +126,8 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
         summary = {"format": fmt, "path": target.url, "kind": kind, "rows": counts["rows"], "pairs": counts["pairs"],
                    "kinds": counts["kinds"], "images": counts["images"], "source": source, "limit": limit,
                    "files": counts["files"], "time": now_iso(), "dataset": ds.root.url, "povid_version": __version__}
+        if weights is not None:  # the bounds every weight was scaled by (stages/weights.py)
+            summary["weights"] = {"score_min": weights[0], "score_max": weights[1], "floor": FLOOR}
         tmp.join(MARKER).write_json_atomic(summary)
         swap_in(tmp, target)
     except BaseException:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from povid_cli.core.fs import resolve
 from povid_cli.core.store import Dataset
 from povid_cli.export import formats as conv
+from stages.weights import normalise
 
 RECORDS = ".records"
 
@@ -32,6 +33,7 @@ class ConvertTask:
     index: int             # position in the export (file names, JSON order)
     kind: str
     take: int | None       # pairs of `kind` to take from this shard (None: all)
+    weights: tuple[float, float] | None = None  # (min, max) of `weight_score` over all pairs: weighted export
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,18 @@ def count_given(ds: Dataset, k: int) -> int:
 def convert(task: ConvertTask) -> ConvertResult:
     t0 = time.perf_counter()
     pairs = shard_pairs(Dataset.at(task.root), task.source, task.k, task.kind, task.take)
+    if task.weights is not None:
+        for p in pairs:
+            p["weight"] = normalise(p.get("weight_score"), *task.weights)
     tmp = resolve(task.tmp)
     res = ConvertResult(task.index, pairs=len(pairs))
     for p in pairs:
         res.kinds[p.get("kind") or "?"] = res.kinds.get(p.get("kind") or "?", 0) + 1
     if task.fmt == "trl":
-        table = pa.Table.from_pylist(conv.to_trl(pairs), schema=conv.TRL)
+        schema = conv.trl_schema(task.weights is not None)
+        table = pa.Table.from_pylist(conv.to_trl(pairs, task.weights is not None), schema=schema)
         name = f"train-{task.index:05d}.parquet"
-        feats = conv.hf_features(conv.TRL, {"images": "List"})
+        feats = conv.hf_features(schema, {"images": "List"})
         tmp.join(name).write_parquet_atomic(table, {"huggingface": json.dumps(feats)})
         res.rows, res.files = table.num_rows, [name]
     else:

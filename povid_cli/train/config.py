@@ -14,6 +14,7 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 _L = "Loss"
 _O = "Optimisation"
 _E = "Evaluation, checkpoints, output"
+_D = "Pair weights and curriculum"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class TrainConfig(Options):
     sft_weight: float = opt(0.0, "Add this weight x the next-word loss on the chosen answer (RPO, TRL's rpo_alpha): "
                             "keeps DPO from trading recall for fewer hallucinations (0: off).", min=0.0, panel=_L)
     noise_step: int = opt(500, "--loss povid: diffusion step t of the image noise.", min=0, max=999, panel=_L)
+    weight_column: str | None = opt(None, "Multiply each pair's loss by this column (MMedPO; 0: no gradient; the "
+                                    "--sft-weight term too): a pairs column, `weight` (filter --weight-by's score "
+                                    "scaled to [0.2, 1] over the dataset, as export writes it), a TRL Parquet "
+                                    "column or an ingested items column.", metavar="COL", panel=_D)
+    curriculum: str | None = opt(None, "Curry-DPO: split each stage into K stages from easy to hard, each starting "
+                                 "from and referenced on the previous one. Difficulty: chosen/rejected word "
+                                 "similarity (more similar = harder), or score=NAME (higher = harder; -NAME: lower "
+                                 "= harder). With --schedule povid: within each kind.", metavar="K[:score=NAME]",
+                                 panel=_D)
     lora_r: int = opt(128, "LoRA rank.", min=1, panel=_O)
     lora_alpha: int = opt(256, "LoRA alpha.", min=1, panel=_O)
     lora_dropout: float = opt(0.05, "LoRA dropout.", min=0.0, max=0.99, panel=_O)
@@ -70,6 +80,9 @@ class TrainConfig(Options):
 
     def __post_init__(self):
         super().__post_init__()
+        from povid_cli.train.plan import parse_curriculum
+
+        parse_curriculum(self.curriculum)  # a bad spec is one line before anything loads
         if self.max_length == 0:
             object.__setattr__(self, "max_length", None)
         if self.merge and self.full:

@@ -8,13 +8,20 @@ Input (either):
 
 Output rows (what `trl.DPOTrainer` takes for VLMs; a multi-image item's row has all its images):
 `images` [{bytes, path}], `prompt` [{role: user, content: str}], `chosen` / `rejected` [{role: assistant,
-content: str}], `kind`. TRL puts the image placeholder into the first user turn itself.
+content: str}], `kind`, and `weight` (float) with `--weight-column`. TRL puts the image placeholder into the
+first user turn itself. `read_pairs(path, extra)` also keeps the named columns (a curriculum score) as they are.
+
+Pair weights (`--weight-column COL`): a column of `pairs`; `weight` on a povid dataset whose pairs have
+`weight_score` (filter --weight-by) is that score scaled to [0.2, 1] over all its pairs, as `export` does
+(stages/weights.py); a column of TRL Parquet; or a column of `items` (an ingested one), joined on item_id.
+Weights must be finite and >= 0 (0: the pair gives no gradient).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -30,8 +37,9 @@ MIN_IMAGE_SIDE = 28  # the smallest patch grid any supported vision tower accept
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_pairs(path: str) -> list[dict]:
-    """Pair rows (see module docstring) from a povid dataset or TRL Parquet file/folder."""
+def read_pairs(path: str, extra: tuple[str, ...] = (), weight_column: str | None = None) -> list[dict]:
+    """Pair rows (see module docstring) from a povid dataset or TRL Parquet file/folder; `extra` columns are
+    kept where the data has them, `weight_column` becomes each row's `weight` (or a one-line error)."""
     from povid_cli.core.fs import resolve
 
     root = resolve(path)
@@ -44,7 +52,11 @@ def read_pairs(path: str) -> list[dict]:
         table = ds.read_all("pairs")
         if table is None:
             raise PovidError(f"{root.url} has no pairs yet: run `povid filter {path}` (or `povid synth`) first")
-        return [_from_povid(r) for r in table.to_pylist()]
+        raw = table.to_pylist()
+        rows = [_keep(_from_povid(r), r, extra) for r in raw]
+        if weight_column:
+            _set_weights(rows, _povid_weights(ds, table, raw, weight_column), weight_column, root.url)
+        return rows
     files = _parquet_files(root)
     if not files:
         raise PovidError(f"{root.url} is neither a povid dataset (no manifest.json) nor TRL Parquet (no .parquet files)")
@@ -55,7 +67,57 @@ def read_pairs(path: str) -> list[dict]:
     if missing or not names & {"images", "image"}:
         need = sorted(missing) + ([] if names & {"images", "image"} else ["images"])
         raise PovidError(f"{files[0].url} is not TRL preference Parquet: missing column(s) {', '.join(need)}")
-    return [_from_trl(r) for r in table.to_pylist()]
+    raw = table.to_pylist()
+    rows = [_keep(_from_trl(r), r, extra) for r in raw]
+    if weight_column:
+        if weight_column not in names:
+            raise PovidError(f"--weight-column {weight_column}: {files[0].url} has no such column "
+                             f"(it has: {', '.join(sorted(names))})")
+        _set_weights(rows, [r[weight_column] for r in raw], weight_column, root.url)
+    return rows
+
+
+def _keep(row: dict, raw: dict, extra: tuple[str, ...]) -> dict:
+    for col in extra:
+        if col in raw and col not in row:
+            row[col] = raw[col]
+    return row
+
+
+def _povid_weights(ds, table, raw: list[dict], col: str) -> list:
+    """COL from `pairs`; `weight` from filter's `weight_score`; else COL from `items`, by item_id."""
+    if col in table.column_names:
+        return [r[col] for r in raw]
+    if col == "weight" and "weight_score" in table.column_names:
+        from stages.weights import weights
+
+        scaled, b = weights([r["weight_score"] for r in raw])
+        if b is not None:
+            log.info("weights: weight_score %g..%g scaled to [0.2, 1] over %d pairs", b[0], b[1], len(raw))
+            return scaled
+    item_shards = ds.committed_shards("items") if ds.has("items") else []
+    item_cols = set(ds.shard("items", item_shards[0]).parquet_schema().names) if item_shards else set()
+    if col not in item_cols:
+        raise PovidError(f"--weight-column {col}: neither the pairs nor the items of {ds.root.url} have that column"
+                         + ("" if col != "weight" else
+                            " (`povid filter --weight-by NAME` stores the scores the weights are scaled from)"))
+    by_item = dict(zip(*ds.read_all("items", columns=["id", col]).to_pydict().values()))
+    return [by_item.get(r["item_id"]) for r in raw]
+
+
+def _set_weights(rows: list[dict], values: list, col: str, where: str) -> None:
+    bad = {"missing": 0, "invalid": 0}
+    for row, v in zip(rows, values):
+        if v is None:
+            bad["missing"] += 1
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            bad["invalid"] += 1
+        else:
+            row["weight"] = float(v)
+    if bad["missing"] or bad["invalid"]:
+        what = ", ".join(f"{n} {k}" for k, n in bad.items() if n)
+        raise PovidError(f"--weight-column {col}: {what} weight(s) of {len(rows)} pairs in {where}; weights must "
+                         "be numbers >= 0 (0: the pair gives no gradient)")
 
 
 def _parquet_files(root) -> list:
@@ -224,13 +286,14 @@ def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict]
     return train, evals
 
 
-def to_hf(rows: list[dict]):
-    """A `datasets.Dataset` whose `images` column decodes to PIL images (what TRL's collator wants)."""
+def to_hf(rows: list[dict], weighted: bool = False):
+    """A `datasets.Dataset` whose `images` column decodes to PIL images (what TRL's collator wants), with the
+    rows' `weight` when `weighted`."""
     import datasets
 
     msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
     features = datasets.Features({
         "images": datasets.List(datasets.Image()), "prompt": msg, "chosen": msg, "rejected": msg,
-        "kind": datasets.Value("string"),
+        "kind": datasets.Value("string"), **({"weight": datasets.Value("float32")} if weighted else {}),
     })
-    return datasets.Dataset.from_list(rows, features=features)
+    return datasets.Dataset.from_list([{k: r[k] for k in features} for r in rows], features=features)

@@ -10,19 +10,21 @@ For every batch (TRL's layout: rows [0, B) = prompt + chosen, rows [B, 2B) = pro
 
 Both terms go through `DPOTrainer.compute_loss`, so every TRL loss type, PEFT, DeepSpeed and FSDP work
 unchanged; the second term's metrics are logged as `povid/rewards/margins`, `povid/rewards/accuracies`, ...
+With per-pair weights (`--weight-column`, povid_cli/train/weighted.py, which this trainer extends) both
+terms are weighted.
 """
 
 from __future__ import annotations
 
 import torch
-from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from povid_cli.train.weighted import WeightedDPOTrainer
 from stages.diffusion import DEFAULT_T, NUM_STEPS, coefficients
 
 # keys aligned with the token sequence: the hallucinated half copies the chosen half's values
 SEQUENCE_KEYS = ("attention_mask", "completion_mask", "token_type_ids", "mm_token_type_ids", "position_ids")
-NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", "weight")
 # the second term's metrics worth keeping (the chosen side repeats the first term's)
 POVID_METRICS = ("rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/rejected")
 
@@ -42,8 +44,9 @@ def add_noise_torch(pixel_values: torch.Tensor, t: int = DEFAULT_T, generator: t
     return out
 
 
-class PovidDPOTrainer(DPOTrainer):
-    """`DPOTrainer` + POVID's noised-image argmax as a second rejected answer (see the module docstring)."""
+class PovidDPOTrainer(WeightedDPOTrainer):
+    """`DPOTrainer` (per-pair weights when the batch has them) + POVID's noised-image argmax as a second
+    rejected answer (see the module docstring)."""
 
     def __init__(self, *args, povid_weight: float = 0.5, noise_step: int = DEFAULT_T, **kwargs):
         super().__init__(*args, **kwargs)

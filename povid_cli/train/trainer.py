@@ -5,6 +5,7 @@ Output folder:
 ```
 OUT/train_args.json            # the config, the data counts, the token-budget report
 OUT/stage1-text/               # --schedule povid: the stage-1 adapter (or model) + processor
+OUT/stage2-text-2/ ...         # --curriculum K: one folder per stage (text-1 .. text-K, image-1 .. image-K)
 OUT/final/                     # the final LoRA adapter (or full model) + processor
 OUT/merged/                    # --merge: the base model with the adapter folded in
 OUT/checkpoints/<stage>/checkpoint-N/   # Trainer checkpoints (optimizer, scheduler, RNG): --resume
@@ -13,6 +14,8 @@ OUT/metrics.jsonl  OUT/metrics.png     # loss / reward margins / accuracies, tra
 Schedules: `povid` = stage 1 on `text` pairs (3 epochs), then stage 2 on `image` pairs (1 epoch) starting from
 the stage-1 weights, with the stage-1 model as the DPO reference (TRL copies a loaded adapter into a frozen
 "ref" adapter; a full model is reloaded as its own reference); `mixed` = one run over the selected kinds.
+Which stages, on which pairs (schedule, curriculum): povid_cli/train/plan.py. Per-pair weights:
+povid_cli/train/weighted.py.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from povid_cli.core.errors import PovidError, UsageError
 from povid_cli.train.config import LOSSES, TrainConfig  # noqa: F401 - TrainConfig: part of this module's API
+from povid_cli.train.plan import StagePlan, expand, parse_curriculum, plan_stages, stage_dirs  # noqa: F401
 
 log = logging.getLogger("povid.train")
 
@@ -34,14 +38,6 @@ DONE = "povid_stage.json"
 # module paths of vision towers / projectors: LoRA stays on the language model, as in LLaVA and POVID
 VISION_PARTS = ("vision", "visual", "multi_modal_projector", "mm_projector", "connector", "merger",
                 "image_newline", "patch_embed", "lm_head")
-
-
-@dataclass
-class StagePlan:
-    name: str           # text | image | all
-    kind: str
-    epochs: float
-    rows: list = field(repr=False, default_factory=list)
 
 
 @dataclass
@@ -108,32 +104,9 @@ def check_report_to(report_to: str) -> None:
         raise PovidError(f"--report-to {report_to} needs the '{report_to}' package: pip install {report_to}")
 
 
-# -- plan ----------------------------------------------------------------------------------------------
-def plan_stages(cfg: TrainConfig, rows: list[dict], source: str) -> list[StagePlan]:
-    from povid_cli.train.data import select_kind
-
-    if cfg.schedule == "mixed":
-        return [StagePlan("all" if cfg.kind == "all" else cfg.kind, cfg.kind, cfg.epochs or 1,
-                          select_kind(rows, cfg.kind, source))]
-    kinds = ("text", "image") if cfg.kind == "all" else (cfg.kind,)
-    plans = []
-    for kind in kinds:
-        epochs = cfg.epochs or (3 if kind == "text" else 1)
-        try:
-            plans.append(StagePlan(kind, kind, epochs, select_kind(rows, kind, source)))
-        except PovidError as e:
-            stage = "stage 1" if kind == "text" else "stage 2"
-            raise PovidError(f"{e}; --schedule povid needs them for {stage} "
-                             f"(use --kind {'image' if kind == 'text' else 'text'} or --schedule mixed)") from None
-    return plans
-
-
-def stage_dirs(out: Path, plans: list[StagePlan]) -> list[Path]:
-    return [out / "final" if i == len(plans) - 1 else out / f"stage{i + 1}-{p.name}" for i, p in enumerate(plans)]
-
-
 # what a resumed run must share with the run it continues
-RESUME_KEYS = ("data", "model", "kind", "schedule", "loss", "full", "lora_r", "lora_alpha", "max_length")
+RESUME_KEYS = ("data", "model", "kind", "schedule", "loss", "full", "lora_r", "lora_alpha", "max_length",
+               "curriculum", "weight_column")
 
 
 def check_output(out: Path, resume: bool, cfg: TrainConfig | None = None) -> None:
@@ -209,6 +182,11 @@ def dpo_args(cfg: TrainConfig, output_dir: Path, epochs: float, bf16: bool, has_
     )
 
 
+def cur_score(cfg: TrainConfig) -> str:
+    cur = parse_curriculum(cfg.curriculum)
+    return cur.score if cur else ""
+
+
 def has_checkpoint(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
@@ -226,45 +204,33 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
     from transformers import AutoProcessor
     from trl import DPOTrainer
 
-    from povid_cli.train.data import fit_to_budget, read_pairs, split_eval, to_hf
+    from povid_cli.train.data import to_hf
     from povid_cli.train.metrics import MetricsLogger, plot, read_metrics, summary
+    from povid_cli.train.plan import prepare
 
-    rows = read_pairs(cfg.data)
-    plans = plan_stages(cfg, rows, cfg.data)
-    for plan in plans:  # --limit N: the first N pairs of each stage
-        plan.rows = plan.rows[: cfg.limit] if cfg.limit else plan.rows
     processor = AutoProcessor.from_pretrained(cfg.model)
     if not hasattr(processor, "image_processor"):
         raise PovidError(f"{cfg.model} has no image processor (AutoProcessor gave {type(processor).__name__})")
-    budget_lines = []
-    echo(f"checking the token budget of {sum(len(p.rows) for p in plans)} pairs with {type(processor).__name__}")
-    for plan in plans:
-        plan.rows, budget = fit_to_budget(plan.rows, processor, cfg.max_length)
-        budget_lines.append(f"{plan.name}: {budget.line()}")
-        echo(f"{plan.name} pairs: {budget.line()}")
-        for ex in budget.skipped_examples:
-            log.info("skipped (%s)", ex)
-        if not plan.rows:
-            raise PovidError(f"no {plan.name} pair fits in --max-length {cfg.max_length} "
-                             f"(the shortest needs more); raise --max-length")
+    plans, evals, budget_lines = prepare(cfg, processor, echo)
+    weighted = cfg.weight_column is not None
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "train_args.json", {"config": asdict(cfg), "family": family, "bf16": bf16,
                                           "stages": [{"name": p.name, "kind": p.kind, "epochs": p.epochs,
-                                                      "rows": len(p.rows)} for p in plans],
+                                                      "rows": len(p.rows), "difficulty": p.difficulty,
+                                                      "digest": p.digest()} for p in plans],
+                                          "eval_rows": {k: len(v) for k, v in evals.items()},
                                           "token_budget": budget_lines})
     metrics_path = str(out / "metrics.jsonl")
     dirs = stage_dirs(out, plans)
     previous, offset, done = None, 0, []
-    evals = {}
-    for plan in plans:  # every stage is evaluated on each kind's held-out pairs
-        plan.rows, held = split_eval(plan.rows, cfg.eval_fraction, cfg.seed)
-        for kind, ev in held.items():
-            evals.setdefault(kind, []).extend(ev)
-    eval_sets = {kind: to_hf(ev) for kind, ev in sorted(evals.items())} or None
+    eval_sets = {kind: to_hf(ev, weighted) for kind, ev in sorted(evals.items())} or None
     for i, (plan, save_dir) in enumerate(zip(plans, dirs)):
         marker = save_dir / DONE
         if marker.exists():
             info = json.loads(marker.read_text())
+            if info.get("digest", plan.digest()) != plan.digest():
+                raise PovidError(f"--resume: stage {i + 1} ({plan.name}) in {save_dir} was trained on other pairs "
+                                 "(the data, --limit, --seed or --eval-fraction changed); use another -o")
             echo(f"stage {i + 1} ({plan.name}) already done in {save_dir}; skipping it")
             offset += info.get("steps", 0)
             previous = save_dir
@@ -272,7 +238,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
             continue
         ckpt_dir = out / "checkpoints" / plan.name
         resume = cfg.resume and has_checkpoint(ckpt_dir)
-        echo(f"stage {i + 1}/{len(plans)}: {len(plan.rows)} {plan.name} pairs, {plan.epochs:g} epoch(s)"
+        hard = f", {plan.difficulty[0]:g}..{plan.difficulty[1]:g} {cur_score(cfg)}" if plan.difficulty else ""
+        echo(f"stage {i + 1}/{len(plans)}: {len(plan.rows)} {plan.name} pairs{hard}, {plan.epochs:g} epoch(s)"
              + (f", resuming from {ckpt_dir}" if resume else "") + (f", starting from {previous}" if previous else ""))
         args = dpo_args(cfg, ckpt_dir, plan.epochs, bf16, eval_sets is not None)
         model = load_policy(cfg, previous, bf16)
@@ -289,13 +256,17 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
 
             trainer_cls = PovidDPOTrainer
             extra = {"povid_weight": cfg.povid_weight, "noise_step": cfg.noise_step}
+        elif weighted:
+            from povid_cli.train.weighted import WeightedDPOTrainer
+
+            trainer_cls = WeightedDPOTrainer
         ref_model = None
         if cfg.full and previous is not None:  # TRL would reload the original base as the reference
             from transformers import AutoModelForImageTextToText
 
             ref_model = AutoModelForImageTextToText.from_pretrained(str(previous), dtype=model.dtype)
         trainer = trainer_cls(
-            model=model, ref_model=ref_model, args=args, train_dataset=to_hf(plan.rows), eval_dataset=eval_sets,
+            model=model, ref_model=ref_model, args=args, train_dataset=to_hf(plan.rows, weighted), eval_dataset=eval_sets,
             processing_class=processor, peft_config=peft_config,
             callbacks=[MetricsLogger(metrics_path, plan.name, offset)] + list(trainer_callbacks or []), **extra)
         trainer.train(resume_from_checkpoint=True if resume else None)
@@ -307,7 +278,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
             shutil.rmtree(save_dir / "ref", ignore_errors=True)  # TRL's frozen copy of the previous adapter
             processor.save_pretrained(str(save_dir))
             info = {"stage": plan.name, "kind": plan.kind, "rows": len(plan.rows), "epochs": plan.epochs,
-                    "steps": steps, "lora": not cfg.full, "loss": cfg.loss}
+                    "steps": steps, "lora": not cfg.full, "loss": cfg.loss, "digest": plan.digest(),
+                    "difficulty": plan.difficulty, "reference": str(previous) if previous else cfg.model}
             _write_json(marker, info)
             done.append(info)
         trainer.accelerator.wait_for_everyone()  # the next stage loads what rank 0 just saved
