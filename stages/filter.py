@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from povid_cli.backends.api_config import APIConfig
@@ -40,7 +41,7 @@ from povid_cli.core.stage import Batch, Result, Stage, failure, pair_id
 from povid_cli.core.store import digest
 
 from stages import chair
-from stages.minhash import DedupIndex
+from stages.minhash import DedupIndex, Entry
 from stages.textsim import is_refusal, normalise, repetition, word_diff, words
 from stages.weights import WEIGHT_SCORES, raw_score
 
@@ -83,6 +84,8 @@ PAIRS_OUT = pa.schema(list(PAIRS) + [pa.field(n, t) for n, t in SCORE_FIELDS])
 DROPPED = pa.schema(list(PAIRS_OUT) + [pa.field("drop_reason", pa.string()), pa.field("drop_detail", pa.string())])
 
 DEDUP_SCOPES = ("dataset", "prompt", "item")
+# What filter keeps per shard of its duplicate index (see observe): about 0.6 KB per kept pair.
+DEDUP = pa.schema([("id", pa.string()), ("exact", pa.uint64()), ("scope", pa.string()), ("signature", pa.binary())])
 
 
 def _llms() -> tuple[str, ...]:
@@ -240,8 +243,9 @@ class FilterStage(Stage):
     name = "filter"
     reads = ("items",)
     optional_reads = ("given", "hallucinated", "sampled")
-    writes = ("pairs", "dropped")
-    schemas = {"pairs": PAIRS_OUT, "dropped": DROPPED}
+    writes = ("pairs", "dropped", "dedup")
+    schemas = {"pairs": PAIRS_OUT, "dropped": DROPPED, "dedup": DEDUP}
+    observes = ("dedup",)  # what a later run reads of a finished shard: its index entries, nothing else
     Config = FilterConfig
     batch_size = 512
     sequential = True  # keep-first duplicate detection needs shards in order, with state
@@ -280,13 +284,13 @@ class FilterStage(Stage):
         return "" if s == "dataset" else row["item_id"] if s == "item" else digest(row["prompt"])
 
     def observe(self, outputs: dict[str, list[dict]]) -> None:
-        """Rebuild the duplicate index from a finished shard: the pairs that passed the dedup check."""
+        """Load the duplicate index entries a finished shard stored (its `dedup` output): no pair is read
+        again and no signature recomputed, so a refresh costs what is new."""
         if not self.config.dedup:
             return
-        rows = list(outputs.get("pairs", []))
-        rows += [r for r in outputs.get("dropped", []) if (r.get("drop_reason") or "").startswith("judge_")]
-        for r in rows:
-            self.index.add(r["rejected"], r["id"], self._scope(r))
+        for r in outputs.get("dedup", []):
+            sig = np.frombuffer(r["signature"], dtype=np.uint32) if r["signature"] else None
+            self.index.load(Entry(r["id"], r["exact"], r["scope"], sig))
 
     def process(self, batch: Batch) -> Result:
         cfg = self.config
@@ -294,6 +298,7 @@ class FilterStage(Stage):
         kept: list[dict] = []
         dropped: list[dict] = []
         failed: list[dict] = []
+        entries: list[dict] = []
         for item in batch.rows:
             for c in candidates(item, hal.get(item["id"], []), smp.get(item["id"], []), giv.get(item["id"], [])):
                 try:
@@ -307,7 +312,9 @@ class FilterStage(Stage):
                         c["duplicate_of"] = match.of
                         verdict = (match.reason, f"of pair {match.of} (jaccard {match.jaccard:.2f})")
                     else:
-                        self.index.add(c["rejected"], c["id"], self._scope(c), sig)
+                        e = self.index.add(c["rejected"], c["id"], self._scope(c), sig)
+                        entries.append({"id": e.key, "exact": e.exact, "scope": e.scope,
+                                        "signature": e.signature.tobytes() if e.signature is not None else None})
                 if verdict is None:
                     kept.append(c)
                 else:
@@ -317,7 +324,7 @@ class FilterStage(Stage):
             kept, judged_out, failed_j, usage = self._judge(kept)
             dropped += judged_out
             failed += failed_j
-        return Result({"pairs": [_clean(c) for c in kept], "dropped": dropped}, failed, usage)
+        return Result({"pairs": [_stored(c) for c in kept], "dropped": dropped, "dedup": entries}, failed, usage)
 
     def _drop(self, c: dict, reason: str, detail: str) -> dict:
         row = _clean(c)
@@ -362,6 +369,14 @@ _COLUMNS = [f.name for f in PAIRS_OUT]
 
 def _clean(c: dict) -> dict:
     return {k: c.get(k) for k in _COLUMNS}
+
+
+def _stored(c: dict) -> dict:
+    """A kept pair as stored: its images are its item's, kept once in `items` (readers attach them:
+    povid_cli/core/items.py), not copied into every pair."""
+    row = _clean(c)
+    row["image"] = row["extra_images"] = None
+    return row
 
 
 __all__ = ["FilterConfig", "FilterStage", "DROP_REASONS", "PAIRS_OUT", "DROPPED", "pair_id", "candidates",

@@ -1,10 +1,17 @@
 """Exact and near-duplicate detection over a stream of texts, keep-first-occurrence (MinHash + LSH).
 
-`DedupIndex.check(text, scope)` says whether a text duplicates one already added; `add` records it.
-Signatures are MinHash over word shingles (datasketch's scheme: (a*h + b) mod 2^61-1 over 64-bit
-shingle hashes, numpy-vectorised) with banded LSH to find candidates; a candidate is a near duplicate
-when the estimated Jaccard similarity reaches the threshold. Hashes are stable across processes
-(blake2b, fixed seed), so rebuilding the index from earlier output gives the same decisions.
+`DedupIndex.check(text, scope)` says whether a text duplicates one already added; `add` records it and
+returns the `Entry` to keep (the filter stores it per shard, so a later run loads the index back without
+reading any pair or recomputing any signature). Signatures are MinHash over word shingles
+(datasketch's scheme: (a*h + b) mod 2^61-1 over 64-bit shingle hashes, numpy-vectorised) with banded
+LSH to find candidates; a candidate is a near duplicate when the estimated Jaccard similarity reaches
+the threshold. Hashes are stable across processes (blake2b, fixed seed), so decisions do not depend on
+which run saw which shard.
+
+Memory is about 0.9 KB per kept text, in flat numpy arrays: its signature (128 x uint32), its 32 band
+hashes and its exact-text hash (uint64 each, with the row they point to) and its key (16 bytes). New
+entries go to a small dict first and are merged into the sorted arrays in geometric steps, so adding
+is amortised O(log n) and no Python object is kept per entry.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from stages.textsim import normalise
 
 _PRIME = np.uint64((1 << 61) - 1)
 _MAX = np.uint64((1 << 32) - 1)
+_MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 constants
 
 
 def _h64(s: str) -> int:
@@ -31,6 +39,49 @@ class Match:
     jaccard: float
 
 
+@dataclass
+class Entry:
+    """What the index keeps of one text: enough to load it back (filter's per-shard dedup state)."""
+
+    key: str
+    exact: int  # hash of scope + normalised text
+    scope: str
+    signature: np.ndarray | None  # None when near-duplicate detection is off (threshold 1)
+
+
+class _U64Multimap:
+    """uint64 -> row numbers: sorted numpy arrays plus a small dict of recent additions."""
+
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.rows = np.zeros(0, dtype=np.int32)
+        self.pending: dict[int, list[int]] = {}
+        self.n_pending = 0
+
+    def get(self, key: int) -> list[int]:
+        lo = np.searchsorted(self.keys, np.uint64(key), "left")
+        hi = np.searchsorted(self.keys, np.uint64(key), "right")
+        return self.rows[lo:hi].tolist() + self.pending.get(key, [])
+
+    def add(self, key: int, row: int) -> None:
+        self.pending.setdefault(key, []).append(row)
+        self.n_pending += 1
+        if self.n_pending > max(4096, len(self.keys) // 8):
+            self._merge()
+
+    def _merge(self) -> None:
+        ks = np.fromiter((k for k, rs in self.pending.items() for _ in rs), dtype=np.uint64, count=self.n_pending)
+        rs = np.fromiter((r for v in self.pending.values() for r in v), dtype=np.int32, count=self.n_pending)
+        keys, rows = np.concatenate([self.keys, ks]), np.concatenate([self.rows, rs])
+        order = np.lexsort((rows, keys))  # by key, then row: the earliest row first
+        self.keys, self.rows = keys[order], rows[order]
+        self.pending, self.n_pending = {}, 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.rows.nbytes + 120 * self.n_pending
+
+
 class DedupIndex:
     def __init__(self, threshold: float = 0.9, num_perm: int = 128, bands: int = 32, shingle: int = 3, seed: int = 1):
         if num_perm % bands:
@@ -41,13 +92,23 @@ class DedupIndex:
         rng = np.random.RandomState(seed)
         self._a = rng.randint(1, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
         self._b = rng.randint(0, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
-        self.exact: dict[bytes, str] = {}  # hash of scope + normalised text -> first key
-        self.buckets: dict[tuple, list[int]] = {}
-        self._sigs = np.zeros((64, num_perm), dtype=np.uint32)  # row i: signature of keys[i]; grows by doubling
-        self.keys: list[str] = []
+        self.exact = _U64Multimap()  # exact-text hash -> row
+        self.buckets = _U64Multimap()  # band hash -> rows
+        self._sigs = np.zeros((64, num_perm), dtype=np.uint32)  # row i: signature of key i; grows by doubling
+        self._keys = np.zeros(64, dtype="S32")
+        self.n = 0
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.n
+
+    @property
+    def near(self) -> bool:
+        return 0 < self.threshold < 1.0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held for the entries (for the benchmark's bytes-per-pair figure)."""
+        return self._sigs[: self.n].nbytes + self._keys[: self.n].nbytes + self.exact.nbytes + self.buckets.nbytes
 
     def signature(self, text: str) -> np.ndarray:
         ws = normalise(text).split()
@@ -58,42 +119,60 @@ class DedupIndex:
             ph = (np.outer(hv, self._a) + self._b) % _PRIME & _MAX
         return ph.min(axis=0).astype(np.uint32)  # values fit 32 bits: half the memory per kept pair
 
-    def _exact_key(self, text: str, scope: str) -> bytes:
-        return hashlib.blake2b(f"{scope}\0{normalise(text)}".encode(), digest_size=16).digest()
+    def exact_hash(self, text: str, scope: str) -> int:
+        return _h64(f"{scope}\0{normalise(text)}")
 
-    def _band_keys(self, sig: np.ndarray, scope: str) -> list[tuple]:
-        r = self.rows
-        return [(scope, b, sig[b * r : (b + 1) * r].tobytes()) for b in range(self.bands)]
+    def _band_hashes(self, sig: np.ndarray, scope: str) -> list[int]:
+        """One 64-bit hash per LSH band (scope, band number and its values mixed, vectorised). A collision
+        only adds a candidate, which the signature comparison then rejects."""
+        v = sig.reshape(self.bands, self.rows).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            h = np.uint64(_h64(scope)) ^ (np.arange(self.bands, dtype=np.uint64) * _MIX1)
+            for j in range(self.rows):
+                h = (h ^ v[:, j]) * _MIX2
+                h ^= h >> np.uint64(29)
+        return h.tolist()
 
     def check(self, text: str, scope: str = "") -> tuple[Match | None, np.ndarray | None]:
         """(match or None, signature to pass to `add`)."""
-        first = self.exact.get(self._exact_key(text, scope))
-        if first is not None:
-            return Match("duplicate", first, 1.0), None
-        if self.threshold >= 1.0 or self.threshold <= 0:
+        first = self.exact.get(self.exact_hash(text, scope))
+        if first:
+            return Match("duplicate", self._key(min(first)), 1.0), None
+        if not self.near:
             return None, None
         sig = self.signature(text)
         cands: set[int] = set()
-        for bk in self._band_keys(sig, scope):
-            cands.update(self.buckets.get(bk, ()))
+        for bh in self._band_hashes(sig, scope):
+            cands.update(self.buckets.get(bh))
         if cands:
             idx = np.array(sorted(cands), dtype=np.int64)  # ties go to the earliest pair
             sims = (self._sigs[idx] == sig).mean(axis=1)
             best = int(np.argmax(sims))
             if sims[best] >= self.threshold:
-                return Match("near_duplicate", self.keys[idx[best]], round(float(sims[best]), 4)), sig
+                return Match("near_duplicate", self._key(int(idx[best])), round(float(sims[best]), 4)), sig
         return None, sig
 
-    def add(self, text: str, key: str, scope: str = "", sig: np.ndarray | None = None) -> None:
-        self.exact.setdefault(self._exact_key(text, scope), key)
-        if self.threshold >= 1.0 or self.threshold <= 0:
-            return
-        if sig is None:
+    def add(self, text: str, key: str, scope: str = "", sig: np.ndarray | None = None) -> Entry:
+        if self.near and sig is None:
             sig = self.signature(text)
-        idx = len(self.keys)
-        self.keys.append(key)
-        if idx == len(self._sigs):
-            self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
-        self._sigs[idx] = sig
-        for bk in self._band_keys(sig, scope):
-            self.buckets.setdefault(bk, []).append(idx)
+        entry = Entry(key, self.exact_hash(text, scope), scope, sig if self.near else None)
+        self.load(entry)
+        return entry
+
+    def load(self, entry: Entry) -> None:
+        """Add an entry made by `add` (in this run or stored by an earlier one)."""
+        row = self.n
+        if row == len(self._keys):
+            self._keys = np.concatenate([self._keys, np.zeros_like(self._keys)])
+            if self.near:
+                self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
+        self._keys[row] = entry.key.encode()
+        self.n += 1
+        self.exact.add(entry.exact, row)
+        if self.near and entry.signature is not None:
+            self._sigs[row] = entry.signature
+            for bh in self._band_hashes(entry.signature, entry.scope):
+                self.buckets.add(bh, row)
+
+    def _key(self, row: int) -> str:
+        return self._keys[row].decode()

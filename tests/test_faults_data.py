@@ -80,8 +80,8 @@ def test_sigterm_during_filter_loses_nothing_and_a_rerun_completes(make_items, t
         time.sleep(full * fraction)
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)
-        if p.returncode == 0:  # it had finished: nothing left to interrupt
-            break
+        if p.returncode == 0 or (p.returncode == -signal.SIGTERM and "shard(s) run" in err):
+            break  # it had finished (the signal came while the interpreter was already shutting down)
         assert p.returncode == 130, err
         assert len(err.strip().splitlines()) == 1 and ("stopped by SIGTERM" in err or "interrupted" in err), err
         failed = Dataset.open(str(data)).read_all("failed/filter")

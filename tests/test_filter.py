@@ -85,7 +85,13 @@ def test_text_pairs_keep_real_hallucinations_and_drop_planted_bad_rows(make_item
     assert kept[swap]["changed_attributes"] == ["yellow->red"] and kept[swap]["n_edits"] == 1
     assert kept[swap]["similarity"] > 0.9
     assert all(p["kind"] == "text" and p["variant"] is None and p["rejected_source"] == "hallucinated" for p in pairs)
-    assert all(p["image"]["bytes"] for p in pairs)  # the clean image rides along for export
+    # images are stored once, in items: a pair refers to its item's, and readers attach them
+    assert all(p["image"] is None for p in pairs)
+    from povid_cli.core.items import attach_images
+
+    ds = Dataset.open(str(data))
+    assert all(p["image"]["bytes"] for k in ds.committed_shards("pairs")
+               for p in attach_images(ds, k, ds.read_shard("pairs", k).to_pylist()))
     dup = next(d for d in dropped if d["drop_reason"] == "duplicate")
     assert dup["duplicate_of"] == kept[dog]["id"] and dup["image"] is None
     # the pair id is stable: hash of (item, kind, variant, rejected), so a re-run gives the same ids

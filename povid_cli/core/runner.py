@@ -202,7 +202,8 @@ def run_stage(ds: Dataset, stage: Stage, executor=None, *, limit: int | None = N
             tasks = {t.k: t for t in _tasks(ds, stage, todo, 1)}
             for p in sorted(todo + done, key=lambda p: p.k):
                 if p.k in done_ks:
-                    stage.observe({w: ds.read_shard(w, p.k).to_pylist() for w in stage.writes})
+                    names = stage.writes if stage.observes is None else stage.observes
+                    stage.observe({w: ds.read_shard(w, p.k).to_pylist() for w in names})
                 else:
                     on_result(tasks[p.k], shard_task.run(tasks[p.k]))
         else:

@@ -109,7 +109,7 @@ PAIRS = pa.schema([
     ("prompt", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),
-    ("image", IMAGE),                    # the clean image (the first one)
+    ("image", IMAGE),                    # null: the item's images are kept once, in items (core/items.py attaches them)
     ("extra_images", IMAGES),            # the item's other clean images (multi-image items), else null
     ("variant", pa.string()),            # distortion variant for image pairs, else null
     ("task", pa.string()),

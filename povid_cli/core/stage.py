@@ -133,6 +133,7 @@ class Stage:
     max_workers: ClassVar[int | None] = None  # 1 for stages that hold one model per process
     resources: ClassVar[dict[str, float]] = {}  # e.g. {"num_gpus": 1} for the ray executor
     sequential: ClassVar[bool] = False  # shards in order in one process, with `observe` for done shards
+    observes: ClassVar[tuple[str, ...] | None] = None  # outputs `observe` reads of a done shard (None: all)
 
     def __init__(self, config: Any):
         self.config = config

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from povid_cli.core.fs import resolve
+from povid_cli.core.items import attach_images
 from povid_cli.core.store import Dataset
 from povid_cli.export import formats as conv
 from stages.weights import normalise
@@ -61,7 +62,7 @@ def run(task: ConvertTask | AssembleTask) -> ConvertResult:
 def shard_pairs(ds: Dataset, source: str, k: int, kind: str, take: int | None) -> list[dict]:
     rows = ds.read_shard(source, k).to_pylist()
     if source == "pairs":
-        return conv.select(rows, kind, take)
+        return attach_images(ds, k, conv.select(rows, kind, take))  # the images live in items: stored once
     given = ds.read_shard("given", k).to_pylist() if ds.shard("given", k).exists() else []
     return conv.select(conv.pairs_from_items(rows, given), kind, take)
 

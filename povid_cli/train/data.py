@@ -48,11 +48,14 @@ def read_pairs(path: str, extra: tuple[str, ...] = (), weight_column: str | None
     if root.is_dir() and root.join("manifest.json").exists():
         from povid_cli.core.store import Dataset
 
+        from povid_cli.core.items import attach_images
+
         ds = Dataset.open(path)
         table = ds.read_all("pairs")
         if table is None:
             raise PovidError(f"{root.url} has no pairs yet: run `povid filter {path}` (or `povid synth`) first")
-        raw = table.to_pylist()
+        raw = [r for k in ds.committed_shards("pairs")  # the images live in items (stored once)
+               for r in attach_images(ds, k, ds.read_shard("pairs", k).to_pylist())]
         rows = [_keep(_from_povid(r), r, extra) for r in raw]
         if weight_column:
             _set_weights(rows, _povid_weights(ds, table, raw, weight_column), weight_column, root.url)
