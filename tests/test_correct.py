@@ -219,6 +219,17 @@ def test_correct_and_filter_kinds_say_what_to_run_first(make_items, cli, model_s
 
 
 # -- sample --clean beside distorted images; hashes of existing datasets ----------------------------------
+def test_sample_clean_fails_multi_image_items_per_row():
+    from stages.sample import SampleConfig, SampleStage
+
+    item = {"id": "m", "prompt": "p", "image": {"bytes": b"x", "path": None}, "extra_images": [{"bytes": b"y"}]}
+    stage = SampleStage(SampleConfig(model="m", backend="openai", clean=True))
+    assert stage.reads == ("items",) and stage.optional_reads == ("distorted",)
+    res = stage.process(Batch([item], {}))
+    assert res.outputs["sampled"] == [] and [(f["id"], f["kind"]) for f in res.failed] == [("m", "multi_image")]
+    assert SampleStage(SampleConfig(model="m", backend="openai")).reads == ("items", "distorted")
+
+
 def test_sample_clean_beside_distorted_variants_and_plain_sample_is_unchanged(make_items, cli, model_server):
     data = make_items(ITEMS[:2])
     assert cli(["distort", data, "--size", "32", "--workers", "1"]).exit_code == 0
@@ -299,6 +310,9 @@ def test_synth_kinds_corrected_answers_the_clean_images_and_runs_correct(cli, mo
 
     r = cli(["synth", src, "-o", tmp_path / "other", "--kinds", "corrected"])
     assert r.exit_code == 2 and "--vlm" in r.output
+    r = cli(["synth", src, "-o", tmp_path / "other", "--kinds", "text,bogus"])
+    assert r.exit_code == 2 and "--kinds must be one of text, image, corrected, got 'bogus'" in r.output
+    assert not (tmp_path / "other").exists()
 
 
 def test_povid_toml_configures_correct_and_filter_kinds(tmp_path):

@@ -131,6 +131,8 @@ def resolve(toml: dict, sources: list[str], flags: dict, data: str | None = None
             continue
         if not set_option(configs[section], sections[section], names, value):
             raise UsageError(f"--{flag.replace('_', '-')} has no matching option in the {section} stage")
+        if flag == "kinds":  # a bad kind is named as the flag, not as the file's key
+            _flag(configs[section], "kinds", "--kinds", value)
     ingest = from_table(IngestConfig, ingest_vals, "ingest")
     if flags.get("api_base"):
         hit = False
