@@ -165,7 +165,7 @@ def test_rules_correct_and_filter_make_corrected_pairs_with_the_right_drops(answ
     assert (pair["chosen"], pair["rejected"]) == (TRUE_PART, ANSWER)
     assert (pair["rejected_source"], pair["rejected_id"], pair["model"]) == ("sampled", f"{horse}-clean#0", "target")
     assert pair["hallucinated_objects"] == ["dog"] and pair["hallucination_types"] == ["object"]
-    assert pair["image"]["bytes"] and pair["finish_reason"] == "stop"
+    assert pair["finish_reason"] == "stop"  # from the sampled row the answer came from
     drops = {d["item_id"]: d["drop_reason"] for d in read(answered, "dropped")}
     assert drops == {dog: "no_hallucination", cat: "empty"}
 
