@@ -185,7 +185,7 @@ def stage_command(name: str, stage_cls, *, help: str, run_flags: tuple[str, ...]
     def run(data: str, verbose: int = 0, **kw):
         run_opts = options.from_flags(RunOptions, {k: v for k, v in kw.items() if k in run_flags})
         config = options.from_flags(stage_cls.Config, kw)
-        check_inputs(data, stage_cls)  # DATA first: "run distort first" before "no such model"
+        check_inputs(data, stage_cls, config)  # DATA first: "run distort first" before "no such model"
         stage = with_response_cache(stage_cls(config), data)
         try:
             result = execute_stage(data, stage, run_opts)

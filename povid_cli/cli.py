@@ -12,7 +12,7 @@ import sys
 # command -> its module in povid_cli/commands/ (each registers itself with @command)
 COMMANDS = {
     "synth": "synth", "init": "init", "ingest": "ingest", "hallucinate": "hallucinate", "distort": "distort",
-    "sample": "sample", "filter": "filter", "export": "export", "train": "train", "merge": "train",
+    "sample": "sample", "correct": "correct", "filter": "filter", "export": "export", "train": "train", "merge": "train",
     "status": "status", "report": "report", "eval": "eval",
 }
 

@@ -1,9 +1,12 @@
 """`filter`: candidate (chosen, rejected) pairs -> `pairs` (kept) and `dropped` (with a `drop_reason`).
 
-Input: `items`, plus `given`, `hallucinated` and `sampled` when present (joined on item_id). Candidates:
+Input: `items`, plus `given`, `hallucinated`, `sampled` and `corrected` when present (joined on item_id).
+Candidates, of the kinds `kinds` names (stages/pair_kinds.py: one function per kind; default text, image):
 - `text` pairs: every given pair of the item (the rejected answers its sources gave: POVID, TRL, RLAIF-V,
   ..., `rejected_source` "input"; an older dataset's items carry one in `rejected`), every `hallucinated` row;
-- `image` pairs: each of the n responses of every `sampled` row (its `variant` is the distortion).
+- `image` pairs: each of the n responses of every `sampled` row on a distorted image (`variant`);
+- `corrected` pairs (OPA-DPO): every `corrected` row: chosen = the correction, rejected = the model's own
+  answer; `no_hallucination` when the corrector changed nothing, `empty` when it left nothing.
 
 Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, `image`, `extra_images`,
 `variant`, `task`, `source`, `source_id`), then `rejected_source` (hallucinated | input | sampled), `rejected_id`
@@ -42,19 +45,21 @@ from povid_cli.core.store import digest
 
 from stages import chair
 from stages.minhash import DedupIndex, Entry
+from stages.pair_kinds import DEFAULT_KINDS, KINDS, READS, candidates
 from stages.textsim import is_refusal, normalise, repetition, word_diff, words
 from stages.weights import WEIGHT_SCORES, raw_score
 
 DROP_REASONS = {
     "no_chosen": "the item has no ground-truth answer",
-    "empty": "rejected is empty",
+    "empty": "rejected is empty (corrected pairs: or the correction left nothing)",
     "identical": "rejected equals chosen after folding case, whitespace and punctuation",
     "refusal": "rejected is a refusal ('I'm sorry, I can't ...')",
     "truncated": "generation stopped at max_tokens (finish reason 'length')",
     "repetition": "degenerate repetition (looping n-grams)",
     "too_short": "rejected has too few words",
     "rewritten": "text pair rewritten beyond recognition (similarity below the floor)",
-    "no_hallucination": "no detectable hallucination (object, number, colour, attribute or relation)",
+    "no_hallucination": "no detectable hallucination (object, number, colour, attribute or relation); corrected "
+                        "pairs: the corrector changed nothing",
     "same_content": "image pair says nothing that chosen does not",
     "off_policy": "log-probability under the clean image below --min-logprob",
     "duplicate": "same rejected answer as an earlier pair",
@@ -148,37 +153,12 @@ class FilterConfig(Options):
                                 "export and `train --weight-column weight` scale it to [0.2, 1] over the dataset): "
                                 + "; ".join(f"{k}: {v}" for k, v in WEIGHT_SCORES.items()) + ".",
                                 choices=tuple(WEIGHT_SCORES), metavar="NAME", hash=False, panel=_W)
+    # hash=False: config_hash adds it only when not the default, so datasets filtered before keep their hash
+    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "Which pairs to make: text (hallucinated and given rejected answers), "
+                                 "image (answers sampled on distorted images), corrected (the model's own answers vs "
+                                 "their minimal correction: `povid correct`).", choices=tuple(KINDS), sep=",",
+                                 metavar="KIND,...", hash=False)
     api: APIConfig = group(APIConfig)
-
-
-def candidates(item: dict, hallucinated: list[dict], sampled: list[dict], given: list[dict] = ()) -> list[dict]:
-    """Every (chosen, rejected) candidate of one item, with the item's columns and provenance."""
-    base = {"item_id": item["id"], "prompt": item["prompt"], "chosen": item.get("chosen") or "",
-            "image": item.get("image"), "extra_images": item.get("extra_images"), "task": item.get("task"),
-            "source": item.get("source"), "source_id": item.get("source_id"), "_objects": item.get("objects")}
-    out = []
-    if item.get("rejected") is not None:  # a format-1 dataset: one given rejected answer on the item
-        out.append({**base, "kind": "text", "variant": None, "rejected": item["rejected"],
-                    "rejected_source": "input", "rejected_id": item["id"], "model": None})
-    for g in given:  # the sources' own rejected answers, each with the record that gave it
-        out.append({**base, "kind": "text", "variant": None, "rejected": g.get("rejected") or "",
-                    "rejected_source": "input", "rejected_id": g["id"], "model": g.get("model"),
-                    "source": g.get("source") or base["source"], "source_id": g.get("source_id")})
-    for h in hallucinated:
-        out.append({**base, "kind": "text", "variant": None, "rejected": h.get("rejected") or "",
-                    "rejected_source": "hallucinated", "rejected_id": h["id"], "model": h.get("model"),
-                    "hallucination_types": h.get("hallucination_types"), "_edits": h.get("edits") or []})
-    for s in sampled:
-        finish = s.get("finish_reasons") or []
-        lps = s.get("logprobs") or []
-        for i, text in enumerate(s.get("responses") or []):
-            out.append({**base, "kind": "image", "variant": s.get("variant"), "rejected": text or "",
-                        "rejected_source": "sampled", "rejected_id": f"{s['id']}#{i}", "model": s.get("model"),
-                        "finish_reason": finish[i] if i < len(finish) else None,
-                        "logprob": lps[i] if i < len(lps) else None})
-    for c in out:
-        c["id"] = pair_id(c["item_id"], c["kind"], c["variant"], c["rejected"])
-    return out
 
 
 def _content(ws: list[str]) -> set[str]:
@@ -200,12 +180,17 @@ def score(c: dict, cfg: FilterConfig) -> tuple[str, str] | None:
     c["repetition"] = round(repetition(rw), 4)
     if cfg.weight_by:
         c["weight_score"] = raw_score(c, cfg.weight_by)
-    text = c["kind"] == "text"
+    kind = c["kind"]
+    text, image = kind == "text", kind == "image"
 
+    if kind == "corrected" and not chosen.strip():
+        return "empty", "the correction left nothing of the answer"
     if not chosen.strip():
         return "no_chosen", "the item has no answer to prefer"
     if not rejected.strip() or not rw:
         return "empty", ""
+    if kind == "corrected" and (not c.get("_changes") or normalise(chosen) == normalise(rejected)):
+        return "no_hallucination", "the corrector changed nothing"
     if cfg.drop_identical and normalise(chosen) == normalise(rejected):
         return "identical", ""
     if cfg.drop_refusals and is_refusal(rejected) and not is_refusal(chosen):
@@ -219,11 +204,12 @@ def score(c: dict, cfg: FilterConfig) -> tuple[str, str] | None:
     if text and c["similarity"] < cfg.min_similarity:
         return "rewritten", f"similarity {c['similarity']:.2f} < {cfg.min_similarity}"
     has_h = bool(c["hallucinated_objects"] or c["changed_attributes"])
-    if (cfg.text_hallucination if text else cfg.image_hallucination) and not has_h:
+    if (text or image) and (cfg.text_hallucination if text else cfg.image_hallucination) and not has_h:
         return "no_hallucination", f"{diff.n_edits} edit(s), none about objects or attributes"
-    if not text and cfg.image_new_content and not (_content(rw) - _content(cw)):
+    if image and cfg.image_new_content and not (_content(rw) - _content(cw)):
         return "same_content", "every content word of rejected is in chosen"
-    if not text and cfg.min_logprob is not None and c.get("logprob") is not None and c["logprob"] < cfg.min_logprob:
+    if kind in ("image", "corrected") and cfg.min_logprob is not None and c.get("logprob") is not None \
+            and c["logprob"] < cfg.min_logprob:  # both are the model's own answers
         return "off_policy", f"logprob {c['logprob']:.3f} < {cfg.min_logprob}"
     return None
 
@@ -242,7 +228,7 @@ def parse_verdict(text: str) -> tuple[str, str]:
 class FilterStage(Stage):
     name = "filter"
     reads = ("items",)
-    optional_reads = ("given", "hallucinated", "sampled")
+    optional_reads = ("given", "hallucinated", "sampled", "corrected")
     writes = ("pairs", "dropped", "dedup")
     schemas = {"pairs": PAIRS_OUT, "dropped": DROPPED, "dedup": DEDUP}
     observes = ("dedup",)  # what a later run reads of a finished shard: its index entries, nothing else
@@ -258,8 +244,12 @@ class FilterStage(Stage):
 
     @classmethod
     def check(cls, data) -> None:
-        if not (data.has("given") or data.has("hallucinated") or data.has("sampled")) \
-                and data.all_null("items", "rejected"):
+        kinds = getattr(data.config, "kinds", None) or DEFAULT_KINDS
+        if "corrected" in kinds and not data.has("corrected"):
+            raise UsageError(f"--kinds corrected: {data.url} has no corrected answers yet: run `povid sample "
+                             f"{data.url} --clean` and `povid correct {data.url}` first")
+        if not any(data.has(r) for k in kinds for r in READS[k]) \
+                and ("text" not in kinds or data.all_null("items", "rejected")):
             raise UsageError(f"{data.url} has nothing to filter yet: run `povid hallucinate` and/or `povid distort` + "
                              "`povid sample` first (or ingest data with rejected answers)")
 
@@ -271,6 +261,8 @@ class FilterStage(Stage):
             h = digest(h, prompt_hash("filter_judge"))
         if self.config.weight_by:  # a new column's values: only then part of the hash
             h = digest(h, "weight_by", self.config.weight_by)
+        if set(self.config.kinds) != set(DEFAULT_KINDS):  # other pairs: only then part of the hash
+            h = digest(h, "kinds", sorted(set(self.config.kinds)))
         return h
 
     def setup(self) -> None:
@@ -281,7 +273,10 @@ class FilterStage(Stage):
 
     def _scope(self, row: dict) -> str:
         s = self.config.dedup_scope
-        return "" if s == "dataset" else row["item_id"] if s == "item" else digest(row["prompt"])
+        scope = "" if s == "dataset" else row["item_id"] if s == "item" else digest(row["prompt"])
+        # A corrected pair prefers another answer than the text and image pairs do (the correction, not the
+        # ground truth): the same model answer in an image pair does not make it a duplicate.
+        return scope + "|corrected" if row.get("kind") == "corrected" else scope
 
     def observe(self, outputs: dict[str, list[dict]]) -> None:
         """Load the duplicate index entries a finished shard stored (its `dedup` output): no pair is read
@@ -294,13 +289,14 @@ class FilterStage(Stage):
 
     def process(self, batch: Batch) -> Result:
         cfg = self.config
-        hal, smp, giv = batch.by_item("hallucinated"), batch.by_item("sampled"), batch.by_item("given")
+        by_item = {name: batch.by_item(name) for name in batch.inputs}
         kept: list[dict] = []
         dropped: list[dict] = []
         failed: list[dict] = []
         entries: list[dict] = []
         for item in batch.rows:
-            for c in candidates(item, hal.get(item["id"], []), smp.get(item["id"], []), giv.get(item["id"], [])):
+            inputs = {name: rows.get(item["id"], []) for name, rows in by_item.items()}
+            for c in candidates(item, inputs, cfg.kinds):
                 try:
                     verdict = score(c, cfg)
                 except Exception as e:  # noqa: BLE001 - one odd row must not take the shard down

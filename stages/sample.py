@@ -1,12 +1,17 @@
 """sample: the target VLM answers each item's prompt while looking at each distorted image.
 
 POVID's second source of dispreferred answers: with the image degraded, what the model says is driven
-by its language prior, so its answers carry its own (on-policy) hallucinations.
+by its language prior, so its answers carry its own (on-policy) hallucinations. With `clean` it also
+answers on the clean image itself (variant `clean`, OPA-DPO / RLAIF-V: `povid correct` then corrects
+those answers minimally, and `filter --kinds corrected` pairs the correction against the original).
 
-Reads  `items` (id, prompt, image: the clean image, for --logprobs) and `distorted` (id, item_id,
-       variant, image). Every distorted variant of an item is one prompt. A multi-image item (which
-       `distort` does not distort yet) with distorted rows is a failed row of kind `multi_image`.
-Writes `sampled` (schemas.SAMPLED): id = f"{item_id}-{variant}", item_id, variant, responses (n strings),
+Reads  `items` (id, prompt, image: the clean image, for --logprobs and `clean`) and `distorted` (id,
+       item_id, variant, image; optional with `clean`: without distorted images only the clean one is
+       answered). Every distorted variant of an item is one prompt, the clean image one more. A
+       multi-image item (which `distort` does not distort yet) with something to answer is a failed row
+       of kind `multi_image`.
+Writes `sampled` (schemas.SAMPLED): id = f"{item_id}-{variant}" (f"{item_id}-clean" for the clean
+       image), item_id, variant, responses (n strings),
        finish_reasons ("stop" | "length"), logprobs (mean token log-prob of each response under the
        CLEAN image, with `logprobs=True`, else null), model, backend, temperature, top_p, max_tokens, n.
 
@@ -25,8 +30,10 @@ from povid_cli.core.errors import PovidError, RowError, UsageError
 from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import SAMPLED
 from povid_cli.core.stage import Batch, Result, Stage, failure
+from povid_cli.core.store import digest
 
 _ENGINE = "Engine (vllm, transformers)"
+CLEAN = "clean"  # the variant of answers on the clean image (sample --clean)
 
 
 def backends() -> tuple[str, ...]:
@@ -49,6 +56,10 @@ class SampleConfig(Options):
     seed: int | None = opt(0, "Sampling seed (same data + seed + backend = same answers).")
     dtype: str = opt("auto", "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.",
                      choices=("auto", "float32", "bfloat16", "float16"), panel=_ENGINE)
+    # hash=False: config_hash adds it only when set, so datasets sampled before this option keep their hash
+    clean: bool = opt(False, "Also answer on the clean image (variant `clean`; only that one when there are no "
+                      "distorted images): the model's own answers for `povid correct` (OPA-DPO / RLAIF-V pairs).",
+                      hash=False)
     logprobs: bool = opt(False, "Also store each answer's mean token log-prob under the CLEAN image (how on-policy a "
                          "pair is; used by filter).")
     batch_size: int | None = opt(None, "transformers: items per generate call [8]; vllm: most sequences running at "
@@ -94,11 +105,18 @@ class SampleStage(Stage):
             if gpu_count() > 0:
                 self.resources = {"num_gpus": float(config.tensor_parallel if self.backend_cls.whole_shards else 1)}
         self.backend = None
+        if config.clean:  # the clean image is in items: distorted images are answered when there are some
+            self.reads, self.optional_reads = ("items",), ("distorted",)
 
     @classmethod
     def check(cls, data) -> None:
-        if not data.has("distorted"):
-            raise PovidError(f"{data.url} has no distorted images yet: run `povid distort` first")
+        if not data.has("distorted") and not getattr(data.config, "clean", False):
+            raise PovidError(f"{data.url} has no distorted images yet: run `povid distort` first "
+                             "(or answer on the clean images with --clean)")
+
+    def config_hash(self) -> str:
+        h = super().config_hash()
+        return digest(h, "clean") if self.config.clean else h
 
     def sampling(self):
         from povid_cli.backends.vlm import Sampling
@@ -128,13 +146,17 @@ class SampleStage(Stage):
         jobs: list[tuple[dict, dict]] = []  # (item, distorted row)
         failed: list[dict] = []
         for item in batch.rows:
-            if item.get("extra_images") and variants.get(item["id"]):
+            targets = list(variants.get(item["id"], []))
+            if c.clean:  # the clean image as one more "variant", with the id and columns of a distorted row
+                targets.append({"id": f"{item['id']}-{CLEAN}", "variant": CLEAN, "image": item.get("image")})
+            if item.get("extra_images") and targets:
                 failed.append(failure(item["id"], f"sample takes one image per prompt; this item has "
                                       f"{1 + len(item['extra_images'])}", kind="multi_image"))
                 continue
-            for d in variants.get(item["id"], []):
+            for d in targets:
                 if not (d.get("image") or {}).get("bytes"):
-                    failed.append(failure(d["id"], "the distorted row has no image bytes", kind="bad_image"))
+                    failed.append(failure(d["id"], f"the {'item' if d['variant'] == CLEAN else 'distorted row'} has no "
+                                          "image bytes", kind="bad_image"))
                     continue
                 jobs.append((item, d))
         if not jobs:

@@ -8,8 +8,10 @@ from stages.filter import FilterStage
 
 HELP = """Keep the pairs that teach: DATA/pairs (kept) and DATA/dropped (with a drop_reason per row).
 
-Candidates are every `hallucinated` answer and an item's own `rejected` (kind text), and each of
-the n `sampled` answers (kind image). Drop reasons, each on by default and tunable below: no_chosen,
+Candidates are every `hallucinated` answer and an item's own `rejected` (kind text), each of the n
+`sampled` answers on a distorted image (kind image) and, with --kinds ...,corrected, every
+`corrected` answer (kind corrected: the correction preferred to the model's own answer; see `povid
+correct`). Drop reasons, each on by default and tunable below: no_chosen,
 empty, identical (up to case, whitespace and punctuation; a one-word object swap is a good pair),
 refusal, truncated, repetition, too_short, rewritten (text pairs too far from chosen),
 no_hallucination (text pairs need an object absent from the ground truth, CHAIR-style, or a changed
@@ -26,6 +28,8 @@ Examples:
   povid filter data
 
   povid filter data --min-similarity 0.6 --near-dup-threshold 0.8
+
+  povid filter data --kinds text,image,corrected
 
   povid filter data --judge gpt-4o-mini --concurrency 32
 

@@ -22,6 +22,7 @@ def synth_cmd(
     vlm: Annotated[Optional[str], typer.Option("--vlm", help="The target VLM (path or name): turns on on-policy sampling on the distorted images.")] = None,
     sample_backend: Annotated[Optional[str], typer.Option("--sample-backend", help="vllm | transformers | openai \\[default: auto: vllm on a GPU if installed, else transformers].")] = None,
     distort: Annotated[Optional[list[str]], typer.Option("--distort", help="Distortion METHOD[:k=v,...] (repeat for several) \\[default: diffusion].")] = None,
+    kinds: Annotated[Optional[str], typer.Option("--kinds", metavar="KIND,...", help="Pairs to make (\\[filter] kinds): text, image, corrected \\[default: text,image]. corrected (OPA-DPO: the model's own answers on the clean images vs their minimal correction) needs --vlm and runs `correct` (\\[correct]).")] = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Export format at the end: trl | povid | llava | sharegpt | none \\[default: trl].")] = None,
     export_dir: Annotated[Optional[str], typer.Option("--export-dir", help="Where the export goes \\[default: DATA/export/FORMAT]; replaced atomically.")] = None,
     executor: Executor = None,
@@ -31,14 +32,15 @@ def synth_cmd(
     limit: Limit = None,
     verbose: Verbose = 0,
 ):
-    """Run the whole pipeline: ingest -> hallucinate -> distort -> \\[sample] -> filter -> export.
+    """Run the whole pipeline: ingest -> hallucinate -> distort -> \\[sample] -> \\[correct] -> filter -> export.
 
     Made to be run again and again (from cron): every stage resumes and skips what is done, so a
     folder that gained images costs only the new ones, and a changed stage option re-runs that
     stage and the ones after it, nothing before. One lock keeps a second run off DATA; a run killed
     at any moment (even kill -9) and started again ends exactly where an uninterrupted run would.
-    Sampling with the target VLM runs only with --vlm. Exit code 0 when every row went through,
-    1 when some failed (the rest is written; see DATA/failed/), 2 on bad options.
+    Sampling with the target VLM runs only with --vlm; `correct` only with --kinds ...,corrected.
+    Exit code 0 when every row went through, 1 when some failed (the rest is written; see
+    DATA/failed/), 2 on bad options.
 
     Examples:
 
@@ -48,6 +50,8 @@ def synth_cmd(
 
       povid synth coco.json -o data --llm-backend openai --llm-model gpt-4o-mini \\
           --vlm Qwen/Qwen2-VL-2B-Instruct --sample-backend vllm
+
+      povid synth coco.json -o data --vlm Qwen/Qwen2-VL-2B-Instruct --kinds text,image,corrected
 
       povid synth s3://bucket/imgs -o s3://bucket/data --executor ray --ray-address auto
 
@@ -62,6 +66,7 @@ def synth_cmd(
     toml = config_file.load(config)
     flags = dict(image_root=image_root, llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,
                  sample_backend=sample_backend, distort=distort, export=export, export_dir=export_dir,
+                 kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
                  executor=executor, ray_address=ray_address, workers=workers, limit=limit,
                  retry_failed=retry_failed or None)
     plan = resolve(toml, sources or [], flags, data=output)
@@ -86,7 +91,7 @@ def print_summary(result, plan) -> None:
         t.add_column(col, justify="right", no_wrap=True)
     notes = []
     steps = list(result.steps)
-    order = ["ingest", "hallucinate", "distort", "sample", "filter"]
+    order = ["ingest", "hallucinate", "distort", "sample", "correct", "filter"]
     steps.sort(key=lambda s: order.index(s.stage) if s.stage in order else len(order))
     for s in steps:
         if s.stage == "filter" and "sample" in plan.skipped:

@@ -77,7 +77,7 @@ def _needs_retry(ds: Dataset, stage: Stage, k: int, key: str, retry_failed: bool
 
 def plan(ds: Dataset, stage: Stage, limit: int | None = None, retry_failed: bool = False) -> tuple[list[_Plan], list[_Plan], int]:
     """(to run, already done, waiting) for every shard of the stage's primary input."""
-    stage.check(DataView(ds))
+    stage.check(DataView(ds, stage.config))
     primary = stage.reads[0]
     for r in stage.reads:
         if not ds.has(r):

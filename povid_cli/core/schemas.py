@@ -101,11 +101,29 @@ SAMPLED = pa.schema([
     ("n", pa.int32()),
 ])
 
+# `corrected` (povid correct): the target model's own answers (sampled), minimally corrected.
+CHANGE = pa.struct([("from", pa.string()), ("to", pa.string()), ("reason", pa.string())])
+
+CORRECTED = pa.schema([
+    ("id", pa.string()),                 # f"{sampled_id}#{i}": the i-th response of a sampled row
+    ("item_id", pa.string()),
+    ("sampled_id", pa.string()),
+    ("response_index", pa.int32()),
+    ("variant", pa.string()),            # the sampled row's variant: "clean" (sample --clean) or a distortion
+    ("original", pa.string()),           # the model's answer, as sampled
+    ("corrected", pa.string()),          # the same answer minimally corrected ("" when nothing of it is right)
+    ("changes", pa.list_(CHANGE)),       # what was removed (to "") or changed, and why; empty: nothing to correct
+    ("removed_objects", pa.list_(pa.string())),  # COCO categories the original names and the correction does not
+    ("backend", pa.string()),
+    ("model", pa.string()),              # the corrector's model (null for rules)
+    ("prompt_version", pa.string()),
+])
+
 # `pairs` (filter) and what `export` reads. filter adds its score columns after these.
 PAIRS = pa.schema([
     ("id", pa.string()),                 # stable pair id: sha256(item_id, kind, rejected)[:16]
     ("item_id", pa.string()),
-    ("kind", pa.string()),               # text (hallucinate) | image (distort + sample)
+    ("kind", pa.string()),               # text (hallucinate, given) | image (distort + sample) | corrected (correct)
     ("prompt", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),

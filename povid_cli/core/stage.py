@@ -98,11 +98,14 @@ class Result:
 
 
 class DataView:
-    """What a stage may ask about DATA before it runs (the runner reads; the stage never opens a file)."""
+    """What a stage may ask about DATA before it runs (the runner reads; the stage never opens a file).
+    `config` is the config the stage will run with, when the caller has it (`sample --clean` needs no
+    distorted images; a plain `sample` does)."""
 
-    def __init__(self, ds):
+    def __init__(self, ds, config: Any = None):
         self._ds = ds
         self.url = ds.root.url
+        self.config = config
 
     def has(self, output: str) -> bool:
         return self._ds.has(output)
@@ -115,6 +118,15 @@ class DataView:
             if self._ds.read_shard(output, k, columns=[column]).column(column).null_count < self._ds.num_rows(output, k):
                 return False
         return True
+
+    def has_value(self, output: str, column: str, values: tuple) -> bool:
+        """True when some committed row of `output` has one of `values` in `column`."""
+        for k in self._ds.committed_shards(output):
+            if column not in self._ds.shard(output, k).parquet_schema().names:
+                continue
+            if set(self._ds.read_shard(output, k, columns=[column]).column(column).to_pylist()) & set(values):
+                return True
+        return False
 
 
 class Stage:

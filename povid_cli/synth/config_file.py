@@ -5,6 +5,7 @@
 [hallucinate]   # HallucinateConfig   ([hallucinate.api]: the API client, or its keys flat here)
 [distort]       # DistortConfig
 [sample]        # SampleConfig; sampling runs only when `model` is set (or --vlm)
+[correct]       # CorrectConfig; runs only when [filter] kinds (or --kinds) has `corrected`
 [filter]        # FilterConfig
 [export]        # ExportOptions: format, dir, kind
 [run]           # RunOptions: executor, workers, ray_address, limit, retry_failed
@@ -28,6 +29,8 @@ SECTION_HELP = {
     "hallucinate": "Text hallucinations injected into the ground-truth answer (backend rules = offline).",
     "distort": "Image distortion before on-policy sampling (POVID: diffusion noise at t=500).",
     "sample": "On-policy answers of the target VLM on the distorted images; runs only when `model` is set.",
+    "correct": "Minimal corrections of the target VLM's own answers on the clean images (OPA-DPO); runs only when "
+               "[filter] kinds has `corrected` (then sample answers the clean images too).",
     "filter": "Which pairs are kept (DATA/pairs) and which dropped with a reason (DATA/dropped).",
     "export": "The training-ready export written at the end of every synth run.",
     "run": "Where and how the stages run. Command-line flags override everything in this file.",

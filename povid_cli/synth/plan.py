@@ -18,13 +18,14 @@ from povid_cli.core.options import OptionError, check, from_table, specs
 from povid_cli.export.job import ExportOptions
 from povid_cli.ingest.normalise import IngestConfig
 
-SECTIONS = ("ingest", "hallucinate", "distort", "sample", "filter", "export", "run")
+SECTIONS = ("ingest", "hallucinate", "distort", "sample", "correct", "filter", "export", "run")
 
 # The stages synth runs, in order (ingest is separate: it reads sources, not shards).
 STAGE_REFS = {
     "hallucinate": "stages.hallucinate:HallucinateStage",
     "distort": "stages.distort:DistortStage",
     "sample": "stages.sample:SampleStage",
+    "correct": "stages.correct:CorrectStage",  # only when the filter makes corrected pairs (see resolve)
     "filter": "stages.filter:FilterStage",
 }
 
@@ -36,8 +37,17 @@ FLAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sample_backend": ("sample", ("backend",)),
     "distort": ("distort", ("methods", "method")),
     "image_root": ("ingest", ("image_root",)),
+    "kinds": ("filter", ("kinds",)),
 }
 API_BASE_FIELDS = ("api_base", "api.api_base")
+
+
+def _filter_kinds(classes: dict, sections: dict) -> tuple[str, ...]:
+    """The pair kinds the filter will make (its `kinds` option, from povid.toml or --kinds)."""
+    cls = classes.get("filter")
+    if cls is None or "kinds" not in {s.name for s in specs(cls.Config)}:
+        return ()
+    return tuple(from_table(cls.Config, sections["filter"], "filter").kinds)
 
 
 def stage_class(ref: str) -> type:
@@ -121,14 +131,26 @@ def resolve(toml: dict, sources: list[str], flags: dict, data: str | None = None
             continue
         if not set_option(configs[section], sections[section], names, value):
             raise UsageError(f"--{flag.replace('_', '-')} has no matching option in the {section} stage")
+        if flag == "kinds":  # a bad kind is named as the flag, not as the file's key
+            _flag(configs[section], "kinds", "--kinds", value)
     ingest = from_table(IngestConfig, ingest_vals, "ingest")
     if flags.get("api_base"):
         hit = False
-        for section in ("hallucinate", "sample"):
+        for section in ("hallucinate", "sample", "correct"):
+            if section not in classes:
+                continue
             if section == "hallucinate" or str(sections[section].get("backend", "")).lower() == "openai":
                 hit |= bool(set_option(classes[section].Config, sections[section], API_BASE_FIELDS, flags["api_base"]))
         if not hit:
             raise UsageError("--api-base has no matching option in the hallucinate stage")
+    # Corrected pairs (OPA-DPO) are made only when asked for (filter kinds): then sample answers on the clean
+    # images too (unless [sample] clean says otherwise) and correct runs between sample and filter.
+    corrected = "corrected" in _filter_kinds(classes, sections)
+    if corrected:
+        if not sections["sample"].get("model"):
+            raise UsageError("corrected pairs need the target model's own answers: give --vlm (or [sample] model) "
+                             "with --kinds ...,corrected")
+        sections["sample"].setdefault("clean", True)
 
     stages, skipped = [], []
     for name, cls in classes.items():
@@ -136,6 +158,8 @@ def resolve(toml: dict, sources: list[str], flags: dict, data: str | None = None
         if name == "sample" and not vals.get("model"):
             skipped.append("sample")  # on-policy sampling needs the target VLM: --vlm PATH
             continue
+        if name == "correct" and not corrected:
+            continue  # not asked for: not part of this pipeline (nothing to report as skipped)
         stage = cls(from_table(cls.Config, vals, name))
         if data:
             from povid_cli.synth.single import with_response_cache

@@ -33,9 +33,10 @@ def with_response_cache(stage: Stage, data: str) -> Stage:
     return type(stage)(dataclasses.replace(stage.config, api=api))
 
 
-def check_inputs(data: str, stage_cls: type) -> None:
-    """The stage's own check of DATA (one clear line when it cannot run yet), before the stage is built."""
-    stage_cls.check(DataView(Dataset.open(data)))
+def check_inputs(data: str, stage_cls: type, config=None) -> None:
+    """The stage's own check of DATA (one clear line when it cannot run yet), before the stage is built;
+    `config`: what it will run with (its check may depend on it)."""
+    stage_cls.check(DataView(Dataset.open(data), config))
 
 
 def run_single(data: str, stage: Stage, run: RunOptions, progress=None) -> tuple[Dataset, StageRun]:
