@@ -35,6 +35,7 @@ FLAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vlm": ("sample", ("model",)),
     "sample_backend": ("sample", ("backend",)),
     "distort": ("distort", ("methods", "method")),
+    "kinds": ("filter", ("kinds",)),
     "image_root": ("ingest", ("image_root",)),
 }
 API_BASE_FIELDS = ("api_base", "api.api_base")
