@@ -14,8 +14,8 @@ Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, 
 scores: `similarity` (word-level, chosen vs rejected), `n_edits` (changed word spans),
 `hallucinated_objects` (COCO categories in rejected absent from the ground truth, CHAIR-style),
 `changed_attributes` ('yellow->red', '+not', ...), `repetition`, `finish_reason`, `logprob`,
-`duplicate_of`, `judge_verdict`, `judge_reason`, `weight_score`, and for contrast pairs `image_diff` and
-`changed_area` (stages/contrast.py), and `weight_score` (with `--weight-by NAME`: the pair's raw
+`duplicate_of`, `judge_verdict`, `judge_reason`, for contrast pairs `image_diff` and `changed_area`
+(stages/contrast.py), and `weight_score` (with `--weight-by NAME`: the pair's raw
 MMedPO-style score, see stages/weights.py; export and train normalise it to a weight in [0.2, 1] over the
 whole dataset). `dropped` has the same columns (its images are null:
 join `items` on item_id) plus `drop_reason` (a short stable code) and `drop_detail`.
@@ -309,7 +309,7 @@ class FilterStage(Stage):
             return
         rows = list(outputs.get("pairs", []))
         rows += [r for r in outputs.get("dropped", []) if (r.get("drop_reason") or "").startswith("judge_")]
-        for r in rows:
+        for r in (r for r in rows if r.get("kind") != "contrast"):  # never indexed: see process()
             self.index.add(r["rejected"], r["id"], self._scope(r))
 
     def process(self, batch: Batch) -> Result:
