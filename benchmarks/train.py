@@ -4,12 +4,16 @@
     python benchmarks/train.py --family llava --full
     python benchmarks/train.py --arch 2b --bf16 --steps 50 --batch-size 4     # on a GPU: random-init Qwen2-VL-2B
     python benchmarks/train.py --weights              # povid with per-pair weights (--weight-column) vs plain TRL
+    python benchmarks/train.py --loss sigmoid,mdpo,povid   # several povid losses in one run, each next to TRL
 
 Each side runs in its own subprocess (clean peak-memory figures): `povid` calls `povid_cli.train.trainer.run_train`
 on a povid dataset; `trl` is the script a TRL user writes: `load_dataset("parquet")` of the same pairs
 exported with `povid export --format trl` + `DPOTrainer(processing_class=processor, peft_config=...)`.
 Figures are the training loop only (Trainer's train_runtime), so povid's one-off token-budget check is
-reported apart. Prints one JSON object; `ratio_*` are povid / trl.
+reported apart. Prints one JSON object: per povid loss its figures, `ratio_*` (povid / trl) and `cost_vs_sigmoid`
+(CPU seconds per sample of that loss / those of povid's sigmoid, when sigmoid is in the run: what a step of mdpo
+or povid costs next to plain DPO). `--loss mdpo` trains on image pairs without contrast images, so every
+conditional row is mDPO's random crop.
 """
 
 from __future__ import annotations
@@ -166,18 +170,18 @@ def worker(a) -> dict:
             "wall_seconds": round(total, 2), **peak_memory_mb()}
 
 
-def run_side(side: str, a, model: Path, data: Path, trl: Path, tmp: Path) -> dict:
+def run_side(side: str, loss: str, a, model: Path, data: Path, trl: Path, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--model", str(model),
            "--data", str(data if side == "povid" else trl), "--out", str(tmp / f"out-{side}"),
            "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lora-r", str(a.lora_r),
-           "--max-length", str(a.max_length), "--loss", a.loss] + (["--full"] if a.full else []) + (["--bf16"] if a.bf16 else []) \
+           "--max-length", str(a.max_length), "--loss", loss] + (["--full"] if a.full else []) + (["--bf16"] if a.bf16 else []) \
         + (["--weights"] if a.weights else [])
     env = dict(os.environ)
     if a.threads:  # one thread on CPU: CPU-time figures that other jobs on the machine do not disturb
         env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{res.stderr[-3000:]}")
+        raise SystemExit(f"{side} ({loss}) failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -192,9 +196,10 @@ def main():
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--loss", default="sigmoid", help="povid's loss (the baseline is always plain sigmoid DPO)")
+    ap.add_argument("--loss", default="sigmoid", help="povid's loss, or several comma-separated (sigmoid,mdpo,povid); "
+                    "the baseline is always plain sigmoid DPO with TRL")
     ap.add_argument("--weights", action="store_true", help="povid trains with per-pair weights (--weight-column)")
-    ap.add_argument("--repeats", type=int, default=5, help="alternate the two sides this many times; best of each")
+    ap.add_argument("--repeats", type=int, default=5, help="alternate the sides this many times; best of each")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP threads per side [default: 1 on CPU, unset on GPU]")
     ap.add_argument("--worker", choices=["povid", "trl"], help=argparse.SUPPRESS)
@@ -205,32 +210,43 @@ def main():
     if a.worker:
         print(json.dumps(worker(a)))
         return
+    import shutil
+
     import torch
 
+    losses = [x.strip() for x in a.loss.split(",") if x.strip()]
     if a.threads is None and not torch.cuda.is_available():
         a.threads = 1
+    sides = [("trl", "sigmoid")] + [("povid", loss) for loss in losses]
+    results: dict[tuple[str, str], list[dict]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = build_model(tmp, a.family, a.arch)
         data, trl = build_data(tmp, a.pairs, 448 if a.arch == "2b" else 112)
-        results = {"povid": [], "trl": []}
         for i in range(a.repeats):
-            for side in (("trl", "povid") if i % 2 == 0 else ("povid", "trl")):
-                import shutil
-
+            k = i % len(sides)  # rotate the order: no side always runs first on a warm (or busy) machine
+            for side, loss in sides[k:] + sides[:k]:
                 shutil.rmtree(tmp / f"out-{side}", ignore_errors=True)
-                results[side].append(run_side(side, a, model, data, trl, tmp))
-    best = {side: max(rs, key=lambda r: r["samples_per_s"]) for side, rs in results.items()}
-    mem = "peak_gpu_mb" if "peak_gpu_mb" in best["trl"] else "peak_rss_mb"
-    print(json.dumps({
+                results[(side, loss)].append(run_side(side, loss, a, model, data, trl, tmp))
+    best = {s: max(rs, key=lambda r: r["samples_per_s"]) for s, rs in results.items()}
+    base = best[("trl", "sigmoid")]
+    mem = "peak_gpu_mb" if "peak_gpu_mb" in base else "peak_rss_mb"
+    speed = "samples_per_cpu_s" if a.threads else "samples_per_s"  # CPU time on a shared CPU, wall time on a GPU
+    povid = {loss: best[("povid", loss)] for loss in losses}
+    out = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "model": f"{a.family}-{a.arch}", "mode": "full" if a.full else f"lora r={a.lora_r}",
-        "bf16": a.bf16, "loss": a.loss, "weights": a.weights, "threads": a.threads, "steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats,
-        "povid": best["povid"], "trl": best["trl"],
-        "ratio_samples_per_s": round(best["povid"]["samples_per_s"] / best["trl"]["samples_per_s"], 3),
-        "ratio_samples_per_cpu_s": round(best["povid"]["samples_per_cpu_s"] / best["trl"]["samples_per_cpu_s"], 3),
-        f"ratio_{mem}": round(best["povid"][mem] / best["trl"][mem], 3),
-    }, indent=1))
+        "bf16": a.bf16, "losses": losses, "weights": a.weights, "threads": a.threads, "steps": a.steps,
+        "batch_size": a.batch_size, "repeats": a.repeats, "trl": base, "povid": povid,
+        "ratio_samples_per_s": {k: round(v["samples_per_s"] / base["samples_per_s"], 3) for k, v in povid.items()},
+        "ratio_samples_per_cpu_s": {k: round(v["samples_per_cpu_s"] / base["samples_per_cpu_s"], 3)
+                                    for k, v in povid.items()},
+        f"ratio_{mem}": {k: round(v[mem] / base[mem], 3) for k, v in povid.items()},
+    }
+    if "sigmoid" in povid:
+        out["cost_vs_sigmoid"] = {k: round(povid["sigmoid"][speed] / v[speed], 3) for k, v in povid.items()}
+        out["cost_measure"] = speed
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

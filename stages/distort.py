@@ -1,10 +1,18 @@
 """`distort`: items -> distorted images, one row per (item, --method variant).
 
-Input columns (items): id, image, extra_images. Multi-image items (MIA-DPO, LLaVA-interleave) are not
-distorted yet: each is a failed row of kind `multi_image` saying so (its text pairs are unaffected).
+Input columns (items): id, image, extra_images, boxes (for `local_noise`).
 Output columns (schemas.DISTORTED): id = f"{item_id}-{variant}", item_id, variant (canonical method
 spec, e.g. "diffusion" or "blur:sigma=3"), image (struct bytes/path), method (the method applied; for
-`mix` the one it picked), params (JSON of that method's parameters), seed (the per-image seed).
+`mix` the one it picked), params (JSON of that method's parameters), seed (the per-image seed of the first
+distorted image), extra_images and image_indices (multi-image items, below).
+
+Multi-image items (MIA-DPO, LLaVA-interleave): every image is distorted (each with its own seed) into one
+row: `image` is the first distorted image, `extra_images` the others, `image_indices` null. With
+`image_index=I` only the item's image I is distorted: `image` is that one and `image_indices` = [I] (the
+other images stay the item's clean ones: schemas.variant_images); items with I images or fewer are failed rows
+of kind `no_image`. `local_noise` noises inside the object boxes, which belong to the first image: items without
+boxes are failed rows of kind `no_boxes` (not retryable: nothing to noise), and on a multi-image item only the
+first image is noised (`image_indices` = [0]). The boxes follow the pad and resize below.
 
 Per image: decode -> [pad to a square, `square`] -> resize so the short side is `size` (POVID noises the
 image at the model's input resolution: 336 px for LLaVA-1.5; 0 keeps the original size) -> each method
@@ -38,10 +46,12 @@ from dataclasses import dataclass
 
 from povid_cli.core.errors import RowError
 from povid_cli.core.options import Options, opt
-from povid_cli.core.schemas import DISTORTED
+from povid_cli.core.schemas import DISTORTED, item_images
 from povid_cli.core.stage import Batch, Result, Stage, failure
+from povid_cli.core.store import digest
 
 from stages import distortions
+from stages.regions import follow_boxes, valid_boxes
 
 FORMATS = ("png", "jpeg")
 log = logging.getLogger("povid.distort")
@@ -60,6 +70,10 @@ class DistortConfig(Options):
     format: str = opt("png", "Storage: png (lossless, keeps the noise exact) or jpeg (q=--quality, 4:4:4; a third of "
                       "the size).", choices=FORMATS)
     quality: int = opt(95, "JPEG quality (with --format jpeg).", min=1, max=100)
+    # hash=False: config_hash adds it only when set, so datasets distorted before this option keep their hash
+    image_index: int | None = opt(None, "Multi-image items: distort only image N (0 = the first) [default: every "
+                                  "image]; items with N images or fewer are failed rows (no_image).", min=0,
+                                  hash=False, metavar="N")
 
 
 def validate(config: DistortConfig) -> tuple[distortions.Spec, ...]:
@@ -199,37 +213,74 @@ class DistortStage(Stage):
             # Imported here, in the driver too, so that forked workers inherit it instead of each paying for it.
             distortions.import_albumentations()
 
+    def config_hash(self) -> str:
+        h = super().config_hash()
+        if self.config.image_index is not None:  # a new option: part of the hash only when set
+            h = digest(h, "image_index", self.config.image_index)
+        return h
+
+    def _prepare(self, data: bytes | None):
+        """Decoded, padded and resized image (what the methods distort) and its decoded (h, w)."""
+        rgb = decode(data)
+        shape = rgb.shape[:2]
+        return resize_short_side(pad_square(rgb) if self.config.square else rgb, self.config.size), shape
+
     def distort_item(self, row: dict) -> tuple[list[dict], list[dict]]:
         """All variants of one item: (rows, failures). Never raises for a bad image."""
         item_id = row["id"]
-        if row.get("extra_images"):
-            n = 1 + len(row["extra_images"])
-            return [], [failure(item_id, f"distort takes one image per item; this item has {n} (multi-image items "
-                                "get text pairs only for now)", kind="multi_image", detail=json.dumps({"item_id": item_id}))]
-        try:
-            rgb = decode((row.get("image") or {}).get("bytes"))
-            rgb = resize_short_side(pad_square(rgb) if self.config.square else rgb, self.config.size)
-        except RowError as e:
-            return [], [failure(item_id, f"cannot decode the image: {e}", kind=e.kind,
-                                detail=json.dumps({"item_id": item_id}))]
-        except Exception as e:  # noqa: BLE001 - a decoder crash is a bad image, not a crashed run
-            return [], [failure(item_id, f"cannot decode the image: {type(e).__name__}: {e}", kind="bad_image",
-                                detail=json.dumps({"item_id": item_id}))]
-        seed = distortions.image_seed(self.config.seed, item_id)
+        detail = json.dumps({"item_id": item_id})
+        images = item_images(row) or [None]  # no image at all: a bad_image failure below
+        positions = list(range(len(images)))
+        if self.config.image_index is not None:
+            if self.config.image_index >= len(images):
+                return [], [failure(item_id, f"--image-index {self.config.image_index}: this item has {len(images)} "
+                                    "image(s)", kind="no_image", detail=detail)]
+            positions = [self.config.image_index]
+        prepared, shapes = {}, {}
+        for p in positions:
+            try:
+                prepared[p], shapes[p] = self._prepare((images[p] or {}).get("bytes"))
+            except RowError as e:
+                return [], [failure(item_id, f"cannot decode the image{f' {p}' if p else ''}: {e}", kind=e.kind, detail=detail)]
+            except Exception as e:  # noqa: BLE001 - a decoder crash is a bad image, not a crashed run
+                return [], [failure(item_id, f"cannot decode the image{f' {p}' if p else ''}: {type(e).__name__}: {e}", kind="bad_image",
+                                    detail=detail)]
+        # the item's boxes are in the pixels of its first (stored) image: moved as its pixels were
+        boxes = follow_boxes(valid_boxes(row.get("boxes")), shapes[0], square=self.config.square,
+                             size=self.config.size) if 0 in shapes else []
+        seeds = {p: distortions.image_seed(self.config.seed, item_id if p == 0 else f"{item_id}/{p}") for p in positions}
         rows, failed = [], []
         for spec in self.specs:
             row_id = f"{item_id}-{spec.variant}"
-            try:
-                out, method, params = distortions.apply(spec, rgb, seed)
-                data = encode(out, self.config.format, self.config.quality, distortions.compressible(method, params))
-            except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
-                failed.append(failure(row_id, f"{spec.variant}: {type(e).__name__}: {e}", kind="error",
-                                      detail=json.dumps({"item_id": item_id, "variant": spec.variant})))
+            where = json.dumps({"item_id": item_id, "variant": spec.variant})
+            # boxes belong to the first image: a box method distorts that one only
+            needs_boxes = distortions.METHODS[spec.method].needs_boxes
+            todo = [p for p in positions if p == 0] if needs_boxes else positions
+            if needs_boxes and not (todo and boxes):
+                why = (f"--image-index {self.config.image_index} is another image" if not todo else
+                       "this item has none (ingest COCO instances or a `boxes` field)")
+                failed.append(failure(row_id, f"{spec.variant}: skipped, {spec.method} needs object boxes of the "
+                                      f"item's first image and {why}", kind="no_boxes", detail=where))
                 continue
+            try:
+                datas = []
+                for p in todo:
+                    out, method, params = distortions.apply(spec, prepared[p], seeds[p], boxes if p == 0 else None)
+                    datas.append(encode(out, self.config.format, self.config.quality,
+                                        distortions.compressible(method, params)))
+            except RowError as e:
+                failed.append(failure(row_id, f"{spec.variant}: {e}", kind=e.kind, detail=where))
+                continue
+            except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
+                failed.append(failure(row_id, f"{spec.variant}: {type(e).__name__}: {e}", kind="error", detail=where))
+                continue
+            files = [{"bytes": d, "path": _file_name(row_id + (f"-{p}" if p else ""), self.config.format)}
+                     for p, d in zip(todo, datas)]
             rows.append({
-                "id": row_id, "item_id": item_id, "variant": spec.variant,
-                "image": {"bytes": data, "path": _file_name(row_id, self.config.format)},
-                "method": method, "params": json.dumps(params), "seed": seed,
+                "id": row_id, "item_id": item_id, "variant": spec.variant, "image": files[0],
+                "method": method, "params": json.dumps(params), "seed": seeds[todo[0]],
+                "extra_images": files[1:] or None,
+                "image_indices": None if todo == list(range(len(images))) else todo,
             })
         return rows, failed
 

@@ -5,8 +5,11 @@ Candidates, of the kinds `kinds` names (stages/pair_kinds.py: one function per k
 - `text` pairs: every given pair of the item (the rejected answers its sources gave: POVID, TRL, RLAIF-V,
   ..., `rejected_source` "input"; an older dataset's items carry one in `rejected`), every `hallucinated` row;
 - `image` pairs: each of the n responses of every `sampled` row on a distorted image (`variant`);
+- `contrast` pairs (only with `kinds` containing contrast; filter then reads `distorted` too): the answer under
+  the clean image vs the same answer under each distorted variant (`rejected_image`), stages/contrast.py;
 - `corrected` pairs (OPA-DPO): every `corrected` row: chosen = the correction, rejected = the model's own
   answer; `no_hallucination` when the corrector changed nothing, `empty` when it left nothing.
+`kinds` selects which kinds are made (default text and image; stages/pair_kinds.py).
 
 Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, `image`, `extra_images`,
 `variant`, `task`, `source`, `source_id`), then `rejected_source` (hallucinated | input | sampled), `rejected_id`
@@ -14,7 +17,8 @@ Output columns: PAIRS (`id`, `item_id`, `kind`, `prompt`, `chosen`, `rejected`, 
 scores: `similarity` (word-level, chosen vs rejected), `n_edits` (changed word spans),
 `hallucinated_objects` (COCO categories in rejected absent from the ground truth, CHAIR-style),
 `changed_attributes` ('yellow->red', '+not', ...), `repetition`, `finish_reason`, `logprob`,
-`duplicate_of`, `judge_verdict`, `judge_reason`, and `weight_score` (with `--weight-by NAME`: the pair's raw
+`duplicate_of`, `judge_verdict`, `judge_reason`, for contrast pairs `image_diff` and `changed_area`
+(stages/contrast.py), and `weight_score` (with `--weight-by NAME`: the pair's raw
 MMedPO-style score, see stages/weights.py; export and train normalise it to a weight in [0.2, 1] over the
 whole dataset). `dropped` has the same columns (its images are null:
 join `items` on item_id) plus `drop_reason` (a short stable code) and `drop_detail`.
@@ -43,7 +47,7 @@ from povid_cli.core.schemas import item_images
 from povid_cli.core.stage import Batch, Result, Stage, failure, pair_id
 from povid_cli.core.store import digest
 
-from stages import chair
+from stages import chair, contrast
 from stages.minhash import DedupIndex, Entry
 from stages.pair_kinds import DEFAULT_KINDS, KINDS, READS, candidates
 from stages.textsim import is_refusal, normalise, repetition, word_diff, words
@@ -66,6 +70,7 @@ DROP_REASONS = {
     "near_duplicate": "near-duplicate (MinHash) of an earlier pair's rejected answer",
     "judge_rejected": "the judge model found no contradiction with the image / ground truth",
     "judge_unclear": "the judge model's reply could not be read as YES or NO",
+    **contrast.DROP_REASONS,
 }
 
 SCORE_FIELDS = [
@@ -84,6 +89,7 @@ SCORE_FIELDS = [
     ("judge_verdict", pa.string()),
     ("judge_reason", pa.string()),
     ("weight_score", pa.float64()),
+    *((n, pa.float64()) for n, _ in contrast.SCORE_FIELDS),
 ]
 PAIRS_OUT = pa.schema(list(PAIRS) + [pa.field(n, t) for n, t in SCORE_FIELDS])
 DROPPED = pa.schema(list(PAIRS_OUT) + [pa.field("drop_reason", pa.string()), pa.field("drop_detail", pa.string())])
@@ -153,11 +159,16 @@ class FilterConfig(Options):
                                 "export and `train --weight-column weight` scale it to [0.2, 1] over the dataset): "
                                 + "; ".join(f"{k}: {v}" for k, v in WEIGHT_SCORES.items()) + ".",
                                 choices=tuple(WEIGHT_SCORES), metavar="NAME", hash=False, panel=_W)
-    # hash=False: config_hash adds it only when not the default, so datasets filtered before keep their hash
-    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "Which pairs to make: text (hallucinated and given rejected answers), "
-                                 "image (answers sampled on distorted images), corrected (the model's own answers vs "
-                                 "their minimal correction: `povid correct`).", choices=tuple(KINDS), sep=",",
-                                 metavar="KIND,...", hash=False)
+    # hash=False: config_hash adds these only when kinds is not the default, so earlier datasets keep their hash
+    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "Pair kinds to make: text (hallucinated or given rejected answers), "
+                                 "image (answers sampled on distorted images), contrast (the answer under the clean vs "
+                                 "a distorted image: mDPO, V-DPO, CHiP; reads DATA/distorted), corrected (the model's "
+                                 "own answer vs its minimal correction: `povid correct`).", choices=tuple(KINDS),
+                                 sep=",", hash=False, metavar="KIND,...")
+    min_image_change: float = opt(0.002, "weak_contrast: drop contrast pairs whose distorted image changes less than "
+                                  "this share of the pixels (0: off).", min=0.0, max=1.0, hash=False, panel=_T)
+    region_check: bool = opt(True, "region_unmentioned: drop local-noise contrast pairs whose answer names none of the "
+                             "noised objects.", invert="--keep-unmentioned-region", hash=False, panel=_T)
     api: APIConfig = group(APIConfig)
 
 
@@ -238,6 +249,8 @@ class FilterStage(Stage):
 
     def __init__(self, config: FilterConfig):
         super().__init__(config)
+        if "contrast" in config.kinds:  # contrast pairs are made from the distorted images
+            self.optional_reads = FilterStage.optional_reads + ("distorted",)
         self.index = DedupIndex(config.near_dup_threshold)
         self.client = None
         self.uses_api = bool(config.judge_model)
@@ -261,8 +274,11 @@ class FilterStage(Stage):
             h = digest(h, prompt_hash("filter_judge"))
         if self.config.weight_by:  # a new column's values: only then part of the hash
             h = digest(h, "weight_by", self.config.weight_by)
-        if set(self.config.kinds) != set(DEFAULT_KINDS):  # other pairs: only then part of the hash
-            h = digest(h, "kinds", sorted(set(self.config.kinds)))
+        kinds = sorted(set(self.config.kinds))
+        if kinds != sorted(DEFAULT_KINDS):  # other pairs: only then part of the hash
+            h = digest(h, "kinds", kinds)
+        if "contrast" in kinds:
+            h = digest(h, "contrast", self.config.min_image_change, self.config.region_check)
         return h
 
     def setup(self) -> None:
@@ -283,7 +299,7 @@ class FilterStage(Stage):
         again and no signature recomputed, so a refresh costs what is new."""
         if not self.config.dedup:
             return
-        for r in outputs.get("dedup", []):
+        for r in outputs.get("dedup", []):  # contrast pairs are never indexed: see process()
             sig = np.frombuffer(r["signature"], dtype=np.uint32) if r["signature"] else None
             self.index.load(Entry(r["id"], r["exact"], r["scope"], sig))
 
@@ -298,11 +314,11 @@ class FilterStage(Stage):
             inputs = {name: rows.get(item["id"], []) for name, rows in by_item.items()}
             for c in candidates(item, inputs, cfg.kinds):
                 try:
-                    verdict = score(c, cfg)
+                    verdict = contrast.score(c, cfg) if c["kind"] == "contrast" else score(c, cfg)
                 except Exception as e:  # noqa: BLE001 - one odd row must not take the shard down
                     failed.append(failure(c["id"], f"{type(e).__name__}: {e}", kind="error"))
                     continue
-                if verdict is None and cfg.dedup:
+                if verdict is None and cfg.dedup and c["kind"] != "contrast":  # contrast: the answer is the truth
                     match, sig = self.index.check(c["rejected"], self._scope(c))
                     if match is not None:
                         c["duplicate_of"] = match.of
@@ -316,15 +332,19 @@ class FilterStage(Stage):
                 else:
                     dropped.append(self._drop(c, *verdict))
         usage: dict[str, float] = {}
-        if self.client is not None and kept:
-            kept, judged_out, failed_j, usage = self._judge(kept)
+        judged = [c for c in kept if c["kind"] != "contrast"]  # a contrast pair has no wrong answer to judge
+        if self.client is not None and judged:
+            judged, judged_out, failed_j, usage = self._judge(judged)
+            passed = {c["id"] for c in judged}
+            kept = [c for c in kept if c["kind"] == "contrast" or c["id"] in passed]
             dropped += judged_out
             failed += failed_j
         return Result({"pairs": [_stored(c) for c in kept], "dropped": dropped, "dedup": entries}, failed, usage)
 
     def _drop(self, c: dict, reason: str, detail: str) -> dict:
         row = _clean(c)
-        row["image"] = row["extra_images"] = None  # the clean images live in items: not once per dropped row
+        # the images live in items and distorted: not once per dropped row
+        row["image"] = row["extra_images"] = row["rejected_image"] = row["rejected_extra_images"] = None
         row["drop_reason"], row["drop_detail"] = reason, detail or None
         return row
 

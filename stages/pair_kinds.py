@@ -6,6 +6,8 @@
   older dataset's item carries one in `rejected`) and every `hallucinated` row;
 - `image`: each of the n responses of every `sampled` row on a distorted image (its `variant` names the
   distortion; answers on the clean image, variant `clean`, are no image pair: see `corrected`);
+- `contrast` (mDPO, V-DPO, CHiP): the answer under the clean image vs under each distorted variant
+  (stages/contrast.py);
 - `corrected` (OPA-DPO / RLAIF-V): every `corrected` row: chosen = the correction, rejected = the model's
   own answer (rejected_source "sampled", rejected_id = the corrected row's id = f"{sampled_id}#{i}").
 
@@ -82,9 +84,16 @@ def corrected_pairs(item: dict, inputs: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
+def contrast_pairs(item: dict, inputs: dict[str, list[dict]]) -> list[dict]:
+    from stages import contrast
+
+    return contrast.candidates(item, inputs.get("distorted", []))
+
+
 KINDS: dict[str, Callable[[dict, dict[str, list[dict]]], list[dict]]] = {
-    "text": text_pairs, "image": image_pairs, "corrected": corrected_pairs}
-READS = {"text": ("given", "hallucinated"), "image": ("sampled",), "corrected": ("corrected", "sampled")}
+    "text": text_pairs, "image": image_pairs, "contrast": contrast_pairs, "corrected": corrected_pairs}
+READS = {"text": ("given", "hallucinated"), "image": ("sampled",), "contrast": ("distorted",),
+         "corrected": ("corrected", "sampled")}
 DEFAULT_KINDS = ("text", "image")
 
 

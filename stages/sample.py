@@ -5,11 +5,12 @@ by its language prior, so its answers carry its own (on-policy) hallucinations. 
 answers on the clean image itself (variant `clean`, OPA-DPO / RLAIF-V: `povid correct` then corrects
 those answers minimally, and `filter --kinds corrected` pairs the correction against the original).
 
-Reads  `items` (id, prompt, image: the clean image, for --logprobs and `clean`) and `distorted` (id,
-       item_id, variant, image; optional with `clean`: without distorted images only the clean one is
-       answered). Every distorted variant of an item is one prompt, the clean image one more. A
-       multi-image item (which `distort` does not distort yet) with something to answer is a failed row
-       of kind `multi_image`.
+Reads  `items` (id, prompt, image and extra_images: the clean images, for --logprobs, `clean` and the images a
+       variant leaves clean) and `distorted` (id, item_id, variant, image, extra_images, image_indices;
+       optional with `clean`: without distorted images only the clean one is answered). Every distorted
+       variant of an item is one prompt, the clean image one more; a multi-image item's prompt shows all of
+       its images, in order, the distorted ones in their places (schemas.variant_images). vLLM takes at most
+       --max-images images per prompt (a failed row of kind `multi_image` above that).
 Writes `sampled` (schemas.SAMPLED): id = f"{item_id}-{variant}" (f"{item_id}-clean" for the clean
        image), item_id, variant, responses (n strings),
        finish_reasons ("stop" | "length"), logprobs (mean token log-prob of each response under the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from povid_cli.backends.api_config import APIConfig
 from povid_cli.core.errors import PovidError, RowError, UsageError
 from povid_cli.core.options import Options, group, opt
-from povid_cli.core.schemas import SAMPLED
+from povid_cli.core.schemas import SAMPLED, item_images, variant_images
 from povid_cli.core.stage import Batch, Result, Stage, failure
 from povid_cli.core.store import digest
 
@@ -68,6 +69,8 @@ class SampleConfig(Options):
                                short="--tp", panel=_ENGINE)
     max_model_len: int | None = opt(None, "vllm: context length to reserve KV cache for [the model's].", hash=False,
                                     min=16, panel=_ENGINE)
+    max_images: int = opt(1, "vllm: most images in one prompt (multi-image items); the engine reserves memory for "
+                          "this many.", hash=False, min=1, panel=_ENGINE)
     api: APIConfig = group(APIConfig, factory=lambda: APIConfig(timeout=120.0))
 
 
@@ -130,7 +133,7 @@ class SampleStage(Stage):
         c = self.config
         self.backend = load_backend(c.backend, model=c.model, sampling=self.sampling(), dtype=c.dtype,
                                     batch_size=c.batch_size, tensor_parallel=c.tensor_parallel,
-                                    max_model_len=c.max_model_len, api=c.api)
+                                    max_model_len=c.max_model_len, max_images=c.max_images, api=c.api)
 
     def close(self) -> None:
         if self.backend is not None:
@@ -143,34 +146,36 @@ class SampleStage(Stage):
 
         c = self.config
         variants = batch.by_item("distorted")
-        jobs: list[tuple[dict, dict]] = []  # (item, distorted row)
+        jobs: list[tuple[dict, dict, list[bytes]]] = []  # (item, distorted row, the prompt's images)
         failed: list[dict] = []
         for item in batch.rows:
             targets = list(variants.get(item["id"], []))
-            if c.clean:  # the clean image as one more "variant", with the id and columns of a distorted row
-                targets.append({"id": f"{item['id']}-{CLEAN}", "variant": CLEAN, "image": item.get("image")})
-            if item.get("extra_images") and targets:
-                failed.append(failure(item["id"], f"sample takes one image per prompt; this item has "
-                                      f"{1 + len(item['extra_images'])}", kind="multi_image"))
-                continue
+            if c.clean:  # the clean images as one more "variant", with the id and columns of a distorted row
+                targets.append({"id": f"{item['id']}-{CLEAN}", "variant": CLEAN, "image": item.get("image"),
+                                "extra_images": item.get("extra_images")})
             for d in targets:
-                if not (d.get("image") or {}).get("bytes"):
-                    failed.append(failure(d["id"], f"the {'item' if d['variant'] == CLEAN else 'distorted row'} has no "
-                                          "image bytes", kind="bad_image"))
+                try:
+                    images = [im.get("bytes") if im else None for im in variant_images(item, d)]
+                except ValueError as e:
+                    failed.append(failure(d["id"], str(e), kind="bad_image"))
                     continue
-                jobs.append((item, d))
+                if not all(images):
+                    failed.append(failure(d["id"], "the distorted row (or its item) has no image bytes", kind="bad_image"))
+                    continue
+                jobs.append((item, d, images))
         if not jobs:
             return Result({"sampled": []}, failed)
         t0 = time.perf_counter()
-        outs = self.backend.generate([VLMRequest(item["prompt"], d["image"]["bytes"]) for item, d in jobs])
+        outs = self.backend.generate([VLMRequest(item["prompt"], ims[0], ims[1:]) for item, _, ims in jobs])
         scores: dict[int, list[float] | RowError] = {}
         if c.logprobs:
             ok = [i for i, o in enumerate(outs) if not isinstance(o, RowError)]
-            got = self.backend.score([VLMRequest(jobs[i][0]["prompt"], jobs[i][0]["image"]["bytes"]) for i in ok],
+            clean = [[im["bytes"] for im in item_images(jobs[i][0])] for i in ok]
+            got = self.backend.score([VLMRequest(jobs[i][0]["prompt"], ims[0], ims[1:]) for i, ims in zip(ok, clean)],
                                      [outs[i] for i in ok]) if ok else []
             scores = dict(zip(ok, got))
         rows, tokens = [], 0
-        for i, ((item, d), o) in enumerate(zip(jobs, outs)):
+        for i, ((item, d, _), o) in enumerate(zip(jobs, outs)):
             err = o if isinstance(o, RowError) else scores.get(i) if isinstance(scores.get(i), RowError) else None
             if err is not None:
                 failed.append(failure(d["id"], str(err), kind=err.kind, retryable=err.retryable))

@@ -82,7 +82,7 @@ def make_items(tmp_path):
                 "image_sha256": sha, "width": it.get("width", 64), "height": it.get("height", 48), "prompt": prompt,
                 "chosen": chosen, "has_answer": it.get("has_answer", True),
                 "rejected": it.get("rejected"), "task": it.get("task", "caption"), "objects": it.get("objects"),
-                "source": "test", "source_id": str(i), "turn": 0,
+                "boxes": it.get("boxes"), "extra_images": it.get("extra_images"), "source": "test", "source_id": str(i), "turn": 0,
             })
         shards = ds.stage_record("ingest").setdefault("shards", {})
         for k in range(0, len(rows), shard_size):

@@ -178,7 +178,8 @@ def test_coco_boxes_land_on_the_stored_pixels_of_an_exif_rotated_photo(cli, tmp_
 
 def test_multi_image_items_end_to_end(cli, sample_dir, tmp_path):
     """LLaVA-interleave / MIA-DPO records with several images: items with extra_images, text pairs through
-    filter and export (TRL `images` lists), train's reader; distort says per row it takes one image."""
+    filter and export (TRL `images` lists), train's reader; distort distorts every image of the item (issue 15:
+    it used to fail such rows as multi_image; tests/test_multi_image.py takes them on to sample and train)."""
     recs = [{"id": "pair", "image": ["images/astronaut.png", "images/rocket.jpg"],
              "conversations": turn("<image>\nWhat do the two pictures have in common?",
                                    "Both pictures show space travel: an astronaut in a white suit and a rocket."),
@@ -195,7 +196,9 @@ def test_multi_image_items_end_to_end(cli, sample_dir, tmp_path):
     assert [im["path"] for im in [multi["image"]] + multi["extra_images"]] == ["images/astronaut.png", "images/rocket.jpg"]
 
     r = cli(["distort", data, "--workers", "1"])
-    assert r.exit_code == 1 and "distort takes one image per item; this item has 2" in r.output
+    assert r.exit_code == 0, r.output
+    distorted = Dataset.open(str(data)).read_all("distorted").to_pylist()
+    assert sorted(len(d["extra_images"] or []) for d in distorted) == [0, 1]
     r = cli(["filter", data, "--no-hallucination-check"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "trl"

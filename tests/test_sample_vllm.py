@@ -103,3 +103,31 @@ def test_openai_backend_against_vllm_serve(vllm_server, distorted_data, cli, tmp
     assert [g["responses"] for g in served] == [g["responses"] for g in in_process]
     assert any(g["responses"][0] for g in served)
     assert all(g["backend"] == "openai" and len(g["responses"]) == 2 for g in served)
+
+
+def test_vllm_multi_image_prompts_match_transformers(tiny_vlm, make_items, cli, tmp_path):
+    """A multi-image item: vLLM shows all its images in one prompt (--max-images 2) and answers as transformers
+    does; with the engine's default limit of one image the row fails, saying which --max-images to pass."""
+    from conftest import png_bytes
+
+    model = tiny_vlm("qwen2_vl")
+    extra = [{"bytes": png_bytes((20, 200, 40), size=(70, 56)), "path": "b.png"}]
+    items = [{"prompt": "What differs between the two pictures?", "image_bytes": png_bytes((200, 30, 30)),
+              "extra_images": extra}, {"prompt": PROMPTS[0], "image_bytes": png_bytes((30, 30, 200))}]
+    data = make_items(items, path=tmp_path / "multi")
+    assert cli(["distort", data, "--size", "56", "--workers", "1"]).exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    greedy = ["-t", "0", "--max-tokens", "8", "--logprobs"]
+    by_vllm = sample(cli, data, model, "vllm", *greedy, "--max-images", "2")
+    by_hf = sample(cli, copy, model, "transformers", *greedy)
+    assert [v["responses"] for v in by_vllm] == [h["responses"] for h in by_hf] and len(by_vllm) == 2
+    for v, h in zip(by_vllm, by_hf):
+        assert v["logprobs"] == pytest.approx(h["logprobs"], abs=1e-3)
+    one = tmp_path / "one"
+    shutil.copytree(copy, one)
+    shutil.rmtree(one / "sampled")
+    r = cli(["sample", one, "--model", model, "--backend", "vllm", "--dtype", "float32", *greedy])
+    assert r.exit_code == 1 and "--max-images 2 --retry-failed" in r.output
+    [f] = pq.read_table(one / "failed" / "sample").to_pylist()
+    assert f["kind"] == "multi_image"

@@ -86,19 +86,21 @@ def detect_family(config_or_path: Any) -> str:
     )
 
 
-def user_messages(prompt: str, answer: str | None = None) -> list[dict]:
-    """One user turn with an image then the prompt text (and the assistant's answer when given).
+def user_messages(prompt: str, answer: str | None = None, n_images: int = 1) -> list[dict]:
+    """One user turn with the image(s) then the prompt text (and the assistant's answer when given).
 
-    This is the conversational layout both chat templates and TRL's DPOTrainer expect.
+    This is the conversational layout both chat templates and TRL's DPOTrainer expect. Every supported family
+    takes several images in one turn (multi-image items: MIA-DPO, LLaVA-interleave); LLaVA-1.5 checkpoints were
+    trained on one, LLaVA-interleave on several.
     """
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    msgs = [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]}]
     if answer is not None:
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return msgs
 
 
-def chat_prompt(processor_or_tokenizer: Any, prompt: str) -> str:
-    """The model's own chat template applied to one image + prompt, ready for generation."""
+def chat_prompt(processor_or_tokenizer: Any, prompt: str, n_images: int = 1) -> str:
+    """The model's own chat template applied to the image(s) + prompt, ready for generation."""
     template_owner = processor_or_tokenizer
     if getattr(template_owner, "chat_template", None) is None:
         tok = getattr(template_owner, "tokenizer", None)
@@ -107,4 +109,5 @@ def chat_prompt(processor_or_tokenizer: Any, prompt: str) -> str:
         else:
             raise UnsupportedModelError("the model's processor has no chat template; povid needs an instruction-tuned "
                                         "checkpoint whose processor or tokenizer defines one")
-    return template_owner.apply_chat_template(user_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return template_owner.apply_chat_template(user_messages(prompt, n_images=n_images), tokenize=False,
+                                              add_generation_prompt=True)

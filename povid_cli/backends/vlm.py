@@ -2,6 +2,7 @@
 
     backend = load_backend("transformers", model="path/to/vlm", sampling=Sampling(n=2, temperature=1.0))
     outs = backend.generate([VLMRequest(prompt="Describe this image.", image=png_bytes)])
+    outs = backend.generate([VLMRequest("What changed?", image=a_png, extra_images=[b_png])])  # several images
     outs[0].texts, outs[0].finish_reasons          # n strings, "stop" | "length" each
     backend.score([VLMRequest(prompt, clean_png)], [outs[0]])   # -> [[mean token log-prob per text]]
 
@@ -35,8 +36,13 @@ class Sampling:
 
 @dataclass
 class VLMRequest:
-    prompt: str   # the user's text, without image tags: the chat template places the image
+    prompt: str   # the user's text, without image tags: the chat template places the image(s)
     image: bytes  # encoded image (PNG/JPEG)
+    extra_images: list[bytes] = field(default_factory=list)  # multi-image prompts: the other images, in order
+
+    @property
+    def images(self) -> list[bytes]:
+        return [self.image, *self.extra_images]
 
 
 @dataclass
@@ -102,6 +108,18 @@ def decode_images(datas: Iterable[bytes], pool: ThreadPoolExecutor | None = None
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(datas)))) as p:
             return list(p.map(one, datas))
     return list(pool.map(one, datas))
+
+
+def decode_request_images(requests: list, pool: ThreadPoolExecutor | None = None) -> list:
+    """Every request's images decoded (`decode_images`), as one list of PIL images per request, or the
+    RowError of its first bad image."""
+    flat = decode_images([d for r in requests for d in r.images], pool)
+    out, i = [], 0
+    for r in requests:
+        ims = flat[i : i + len(r.images)]
+        i += len(r.images)
+        out.append(next((im for im in ims if isinstance(im, RowError)), ims))
+    return out
 
 
 def finish_reason(ids: list[int], eos_ids: set[int], max_tokens: int) -> str:

@@ -42,7 +42,8 @@ class OpenAIBackend:
         params = self._params()
         chats = []
         for r in requests:
-            content = [{"type": "image_url", "image_url": {"url": data_url(r.image)}}, {"type": "text", "text": r.prompt}]
+            content = [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in r.images]
+            content.append({"type": "text", "text": r.prompt})
             chats.append(ChatRequest([{"role": "user", "content": content}], params))
         before = dict(self.client.usage)
         got = self.client.run(chats)

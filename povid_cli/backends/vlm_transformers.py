@@ -12,7 +12,7 @@ from typing import Any
 
 from povid_cli.core.errors import PovidError, RowError, require
 from povid_cli.backends.families import chat_prompt, detect_family
-from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest, decode_images
+from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest, decode_request_images
 
 log = logging.getLogger("povid.sample.transformers")
 
@@ -65,9 +65,10 @@ class TransformersBackend:
         self.placeholder_ids = {getattr(cfg, a, None) for a in ("image_token_id", "image_token_index", "video_token_id")} - {None}
 
     # -- generation -------------------------------------------------------------------------------------
-    def _inputs(self, prompts: list[str], images: list) -> dict:
-        texts = [chat_prompt(self.processor, p) for p in prompts]
-        enc = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+    def _inputs(self, prompts: list[str], images: list[list]) -> dict:
+        """images: each prompt's list of PIL images (several for a multi-image item)."""
+        texts = [chat_prompt(self.processor, p, len(ims)) for p, ims in zip(prompts, images)]
+        enc = self.processor(text=texts, images=[list(ims) for ims in images], padding=True, return_tensors="pt")
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in enc.items()}
 
     def _trim(self, ids: list[int]) -> list[int]:
@@ -102,7 +103,7 @@ class TransformersBackend:
         return outs
 
     def generate(self, requests: list[VLMRequest]) -> list[VLMOutput | RowError]:
-        images = decode_images(r.image for r in requests)
+        images = decode_request_images(requests)
         results: list[VLMOutput | RowError | None] = [im if isinstance(im, RowError) else None for im in images]
         ok = [i for i, im in enumerate(images) if not isinstance(im, RowError)]
         for k in range(0, len(ok), self.batch_size):
@@ -132,7 +133,7 @@ class TransformersBackend:
         The answer's own generated ids are scored (end-of-turn token included when it stopped), so no
         re-tokenisation can shift them.
         """
-        images = decode_images(r.image for r in requests)
+        images = decode_request_images(requests)
         out: list[list[float] | RowError] = []
         for req, im, o in zip(requests, images, outputs):
             if isinstance(im, RowError):
@@ -144,13 +145,13 @@ class TransformersBackend:
                 out.append(RowError(f"scoring failed: {type(e).__name__}: {str(e)[:300]}", kind="generation"))
         return out
 
-    def _score_one(self, req: VLMRequest, image, o: VLMOutput) -> list[float]:
+    def _score_one(self, req: VLMRequest, images: list, o: VLMOutput) -> list[float]:
         torch = self.torch
         ids = [x if x else [self.pad_id] for x in o.token_ids]  # an empty answer: nothing was said (score the pad)
         if not o.token_ids or len(ids) != len(o.texts):
             raise RowError("no token ids to score", kind="generation")
         n, width = len(ids), max(len(x) for x in ids)
-        inputs = self._inputs([req.prompt] * n, [image] * n)
+        inputs = self._inputs([req.prompt] * n, [images] * n)
         p_len = inputs["input_ids"].shape[1]
         resp = torch.full((n, width), self.pad_id, dtype=inputs["input_ids"].dtype, device=self.device)
         mask = torch.zeros((n, width), dtype=inputs["attention_mask"].dtype, device=self.device)

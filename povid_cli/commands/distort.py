@@ -17,7 +17,8 @@ The distorted image is what `povid sample` shows the target VLM, so that its ans
 language prior: its own, on-policy hallucinations. `diffusion` is POVID's forward-diffusion noise,
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at step t of a 1000-step sigmoid schedule, added to the
 CLIP-normalised image at the model's input size (--size). Other methods (albumentations) give other
-triggers; each --method gives one variant (row) per item.
+triggers; local-noise noises only inside the item's object boxes (MMedPO). Each --method gives one
+variant (row) per item; a multi-image item's images are all distorted (or only --image-index N).
 
 The output is deterministic: the same image, method, parameters and seed give the same bytes
 whatever the number of workers. Images that cannot be decoded go to DATA/failed/distort.
@@ -27,6 +28,8 @@ Examples:
   povid distort data
 
   povid distort data --method diffusion:t=700 --method blur:sigma=6 --method mix
+
+  povid distort data -m local-noise:pad=0.2 --size 0
 
   povid distort data --list-methods
 """

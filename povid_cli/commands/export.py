@@ -15,7 +15,7 @@ def export_cmd(
     data: Annotated[str, typer.Argument(help="The povid dataset (local path or URL).", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="The export folder (local path or URL). Replaced atomically if it holds an earlier export.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="trl (Parquet for trl.DPOTrainer) | povid (POVID repo JSON) | llava (chosen answers) | sharegpt (chosen/rejected JSON).")] = "trl",
-    kind: Annotated[str, typer.Option("--kind", help="Which pairs: text (hallucinate), image (distort + sample) or all.")] = "all",
+    kind: Annotated[str, typer.Option("--kind", help="Which pairs: text (hallucinate), image (distort + sample), contrast (filter --kinds ...,contrast) or all.")] = "all",
     workers: Workers = None,
     limit: Limit = None,
     verbose: Verbose = 0,
@@ -33,9 +33,12 @@ def export_cmd(
                 conversations, kind, id, item_id, source, source_id, task (and weight
                 after `filter --weight-by`: the score scaled to [0.2, 1] over all pairs).
                 datasets.load_dataset("parquet", data_dir=OUT) feeds trl.DPOTrainer directly.
+                With contrast pairs, povid's extension `rejected_images` (the images the
+                rejected side is read under; `povid train` reads it, plain TRL ignores it).
 
       povid     OUT/povid.json (conversations + rejected_conversations, as in the POVID repo)
-                and OUT/images/.
+                and OUT/images/. No place for a rejected image: contrast pairs are left out
+                (the export says how many); sharegpt too.
 
       llava     OUT/llava.json with the chosen answers (one record per item) and OUT/images/.
 
@@ -56,6 +59,9 @@ def export_cmd(
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
     what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
     console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))
+    if s.get("skipped"):
+        console.print(escape(f"skipped {s['skipped']['contrast']} contrast pair(s): {s['format']} has no place for the "
+                             "rejected image (--format trl keeps them as `rejected_images`)"))
     if s.get("weights"):
         w = s["weights"]
         console.print(escape(f"weights: weight_score {w['score_min']:g}..{w['score_max']:g} scaled to "

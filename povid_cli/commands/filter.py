@@ -9,15 +9,17 @@ from stages.filter import FilterStage
 HELP = """Keep the pairs that teach: DATA/pairs (kept) and DATA/dropped (with a drop_reason per row).
 
 Candidates are every `hallucinated` answer and an item's own `rejected` (kind text), each of the n
-`sampled` answers on a distorted image (kind image) and, with --kinds ...,corrected, every
-`corrected` answer (kind corrected: the correction preferred to the model's own answer; see `povid
-correct`). Drop reasons, each on by default and tunable below: no_chosen,
+`sampled` answers on a distorted image (kind image); with --kinds ...,contrast each `distorted` variant
+(kind contrast: the ground truth under the clean image preferred over it under the distorted one; mDPO,
+V-DPO, CHiP) and with --kinds ...,corrected every `corrected` answer (kind corrected: the correction
+preferred to the model's own answer; see `povid correct`). Drop reasons, each on by default and tunable below: no_chosen,
 empty, identical (up to case, whitespace and punctuation; a one-word object swap is a good pair),
 refusal, truncated, repetition, too_short, rewritten (text pairs too far from chosen),
 no_hallucination (text pairs need an object absent from the ground truth, CHAIR-style, or a changed
 number / colour / attribute / relation), same_content (image pairs that say nothing new), off_policy,
 duplicate / near_duplicate (MinHash over the whole dataset, first occurrence kept), and with --judge
-judge_rejected / judge_unclear.
+judge_rejected / judge_unclear; for contrast pairs identical_image, weak_contrast (--min-image-change),
+region_unmentioned (local noise on objects the answer does not name) and bad_image.
 
 Scores (similarity, n_edits, hallucinated_objects, changed_attributes, repetition, logprob, judge
 verdict) are stored on both tables, so you can re-filter with pandas without running anything again.
@@ -28,6 +30,8 @@ Examples:
   povid filter data
 
   povid filter data --min-similarity 0.6 --near-dup-threshold 0.8
+
+  povid filter data --kinds text,image,contrast
 
   povid filter data --kinds text,image,corrected
 

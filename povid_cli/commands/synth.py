@@ -22,7 +22,7 @@ def synth_cmd(
     vlm: Annotated[Optional[str], typer.Option("--vlm", help="The target VLM (path or name): turns on on-policy sampling on the distorted images.")] = None,
     sample_backend: Annotated[Optional[str], typer.Option("--sample-backend", help="vllm | transformers | openai \\[default: auto: vllm on a GPU if installed, else transformers].")] = None,
     distort: Annotated[Optional[list[str]], typer.Option("--distort", help="Distortion METHOD[:k=v,...] (repeat for several) \\[default: diffusion].")] = None,
-    kinds: Annotated[Optional[str], typer.Option("--kinds", metavar="KIND,...", help="Pairs to make (\\[filter] kinds): text, image, corrected \\[default: text,image]. corrected (OPA-DPO: the model's own answers on the clean images vs their minimal correction) needs --vlm and runs `correct` (\\[correct]).")] = None,
+    kinds: Annotated[Optional[str], typer.Option("--kinds", metavar="KIND,...", help="Pairs to make (\\[filter] kinds): text, image, contrast, corrected \\[default: text,image]. contrast: the answer under the clean vs a distorted image (mDPO, V-DPO, CHiP); corrected (OPA-DPO: the model's own answers on the clean images vs their minimal correction) needs --vlm and runs `correct` (\\[correct]).")] = None,
     export: Annotated[Optional[str], typer.Option("--export", help="Export format at the end: trl | povid | llava | sharegpt | none \\[default: trl].")] = None,
     export_dir: Annotated[Optional[str], typer.Option("--export-dir", help="Where the export goes \\[default: DATA/export/FORMAT]; replaced atomically.")] = None,
     executor: Executor = None,
@@ -66,7 +66,7 @@ def synth_cmd(
     toml = config_file.load(config)
     flags = dict(image_root=image_root, llm_backend=llm_backend, llm_model=llm_model, api_base=api_base, vlm=vlm,
                  sample_backend=sample_backend, distort=distort, export=export, export_dir=export_dir,
-                 kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
+                 kinds=[k.strip().lower() for k in kinds.split(",") if k.strip()] if kinds else None,
                  executor=executor, ray_address=ray_address, workers=workers, limit=limit,
                  retry_failed=retry_failed or None)
     plan = resolve(toml, sources or [], flags, data=output)

@@ -80,10 +80,13 @@ DISTORTED = pa.schema([
     ("id", pa.string()),                 # f"{item_id}-{variant}"
     ("item_id", pa.string()),
     ("variant", pa.string()),            # the method spec, e.g. "diffusion" or "blur:sigma=3"
-    ("image", IMAGE),
+    ("image", IMAGE),                    # the (first) distorted image
     ("method", pa.string()),
     ("params", pa.string()),             # JSON
     ("seed", pa.int64()),
+    ("extra_images", IMAGES),            # multi-image items: the other distorted images, in order, else null
+    ("image_indices", pa.list_(pa.int32())),  # which item images `image` + `extra_images` stand for (null: all,
+                                         # in order: a one-image item, or every image of a multi-image one)
 ])
 
 SAMPLED = pa.schema([
@@ -124,6 +127,7 @@ PAIRS = pa.schema([
     ("id", pa.string()),                 # stable pair id: sha256(item_id, kind, rejected)[:16]
     ("item_id", pa.string()),
     ("kind", pa.string()),               # text (hallucinate, given) | image (distort + sample) | corrected (correct)
+                                         # | contrast (same answer, rejected side = a distorted image: rejected_image)
     ("prompt", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),
@@ -133,7 +137,26 @@ PAIRS = pa.schema([
     ("task", pa.string()),
     ("source", pa.string()),
     ("source_id", pa.string()),
+    ("rejected_image", IMAGE),           # contrast pairs: the rejected side's (first) image, a distorted variant
+    ("rejected_extra_images", IMAGES),   # contrast pairs of multi-image items: the rejected side's other images
 ])
+
+
+def variant_images(item: dict, distorted: dict) -> list[dict]:
+    """The images a distorted row stands for, in the item's order: the item's images with the distorted ones in
+    the positions `image_indices` names (every position when it is null); the others stay clean."""
+    clean = item_images(item)
+    got = item_images(distorted)
+    positions = distorted.get("image_indices")
+    if positions is None:
+        positions = list(range(len(got)))
+    if len(positions) != len(got) or any(not 0 <= p < len(clean) for p in positions):
+        raise ValueError(f"distorted row {distorted.get('id')}: {len(got)} image(s) for positions {positions} of an "
+                         f"item with {len(clean)}")
+    out = list(clean)
+    for p, im in zip(positions, got):
+        out[p] = im
+    return out
 
 
 # -- the `datasets` features of a table, for the Parquet `huggingface` metadata --------------------------

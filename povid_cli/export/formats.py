@@ -9,14 +9,19 @@ Formats (an item's images: `image`, then `extra_images` for multi-image items):
 - `trl`: one row per pair, what `trl.DPOTrainer` takes for VLMs: `images` (list of image structs, all of
   the item's), conversational `prompt` (one image placeholder per image) / `chosen` / `rejected`, plus
   `kind` and provenance columns (and `weight` when the pairs carry one: `filter --weight-by`, normalised
-  by the export job, see stages/weights.py).
+  by the export job, see stages/weights.py). povid's extension, when the export holds `contrast` pairs
+  (filter --kinds ...,contrast): `rejected_images`, the images the rejected answer is read under (a list of
+  images, `datasets` Image features; null for the other kinds), which `povid train` reads. Plain
+  `trl.DPOTrainer` ignores the column (it would train a contrast pair as chosen == rejected: no signal).
 - `povid`: the JSON of the POVID repository: `conversations` (human + chosen gpt turn),
   `rejected_conversations` (human + rejected gpt turn), `image` (a path relative to the JSON file; a
   list of paths for a multi-image item, one `<image>` tag each).
 - `llava`: LLaVA instruction JSON with the chosen answers, one record per item (no weight: SFT data).
 - `sharegpt`: ShareGPT preference JSON (the LLaMA-Factory layout): `conversations` (the human turn),
   `chosen` and `rejected` (gpt turns), `images` (paths relative to the JSON file).
-`povid` and `sharegpt` records carry `weight` too when the export is weighted.
+`povid` and `sharegpt` records carry `weight` too when the export is weighted. They cannot hold a rejected
+image: contrast pairs are left out of them (`split_rejected_images`) and the export says how many. `llava`
+(chosen answers only) keeps them: a contrast pair's chosen answer under its clean image is plain SFT data.
 The JSON formats reference image files; `image_files` names each distinct image once.
 """
 
@@ -32,7 +37,9 @@ from povid_cli.core.schemas import IMAGE, item_images
 from povid_cli.core.schemas import hf_features as _hf_features
 
 FORMATS = ("trl", "povid", "llava", "sharegpt")
-KINDS = ("text", "image", "all")
+KINDS = ("text", "image", "contrast", "all")
+# formats with a place for the image the rejected answer is read under (contrast pairs); llava has no rejected side
+REJECTED_IMAGE_FORMATS = ("trl", "llava")
 JSON_FILES = {"povid": "povid.json", "llava": "llava.json", "sharegpt": "sharegpt.json"}
 IMAGE_TAG = "<image>\n"
 
@@ -54,10 +61,29 @@ TRL = pa.schema([
 ])
 # with pair weights (filter --weight-by): `povid train --weight-column weight` reads them
 TRL_WEIGHTED = pa.schema(list(TRL) + [pa.field("weight", pa.float64())])
+# povid's extension for contrast pairs: the rejected side's images (null for the other kinds)
+REJECTED_IMAGES = pa.field("rejected_images", pa.list_(IMAGE))
+IMAGE_COLUMNS = {"images": "List", "rejected_images": "List"}
 
 
-def trl_schema(weighted: bool) -> pa.Schema:
-    return TRL_WEIGHTED if weighted else TRL
+def trl_schema(weighted: bool, contrast: bool = False) -> pa.Schema:
+    schema = TRL_WEIGHTED if weighted else TRL
+    return schema.append(REJECTED_IMAGES) if contrast else schema
+
+
+def rejected_images(p: dict) -> list[dict] | None:
+    """A contrast pair's rejected-side images (first + the others), else None."""
+    if p.get("rejected_image") is None:
+        return None
+    return [{"bytes": im["bytes"], "path": im.get("path")} for im in [p["rejected_image"], *(p.get("rejected_extra_images") or [])]]
+
+
+def split_rejected_images(pairs: list[dict], fmt: str) -> tuple[list[dict], int]:
+    """(the pairs `fmt` can hold, how many it cannot): formats without a rejected image leave contrast pairs out."""
+    if fmt in REJECTED_IMAGE_FORMATS:
+        return pairs, 0
+    kept = [p for p in pairs if p.get("rejected_image") is None]
+    return kept, len(pairs) - len(kept)
 
 
 def pair_id(item_id: str, kind: str, rejected: str) -> str:
@@ -105,8 +131,9 @@ def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def to_trl(pairs: Iterable[dict], weighted: bool = False) -> list[dict]:
-    """Rows of the `TRL` schema (`TRL_WEIGHTED` with `weighted`: each pair's `weight`)."""
+def to_trl(pairs: Iterable[dict], weighted: bool = False, contrast: bool = False) -> list[dict]:
+    """Rows of `trl_schema(weighted, contrast)`: with `weighted` each pair's `weight`, with `contrast` its
+    `rejected_images` (contrast pairs; null for the others)."""
     return [{
         "images": [{"bytes": im["bytes"], "path": im.get("path")} for im in item_images(p)],
         "prompt": user_turn(p["prompt"], len(item_images(p))),
@@ -115,6 +142,7 @@ def to_trl(pairs: Iterable[dict], weighted: bool = False) -> list[dict]:
         "kind": p.get("kind"), "id": p["id"], "item_id": p["item_id"], "variant": p.get("variant"),
         "task": p.get("task"), "source": p.get("source"), "source_id": p.get("source_id"),
         **({"weight": p.get("weight")} if weighted else {}),
+        **({"rejected_images": rejected_images(p)} if contrast else {}),
     } for p in pairs]
 
 

@@ -33,11 +33,13 @@ class ExportOptions(Options):
 
     format: str = opt("trl", "trl | povid | llava | sharegpt | none (no export).", choices=conv.FORMATS + ("none",))
     dir: str | None = opt(None, "Where the export goes [default: DATA/export/<format>]; replaced atomically.")
-    kind: str = opt("all", "Which pairs: text | image | all.", choices=conv.KINDS)
+    kind: str = opt("all", "Which pairs: text | image | contrast | all.", choices=conv.KINDS)
 
 
-def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[int, int | None]]:
-    """(shard, pairs to take or None for all) for every shard that contributes, from light columns only."""
+def _plan(ds: Dataset, source: str, kind: str, limit: int | None, kinds_seen: set | None = None
+          ) -> list[tuple[int, int | None]]:
+    """(shard, pairs to take or None for all) for every shard that contributes, from light columns only; the
+    kinds of the pairs it looked at go into `kinds_seen`."""
     out, left = [], limit
     for k in ds.committed_shards(source):
         if left is not None and left <= 0:
@@ -45,6 +47,8 @@ def _plan(ds: Dataset, source: str, kind: str, limit: int | None) -> list[tuple[
         if source == "pairs":
             kinds = ds.read_shard(source, k, columns=["kind"]).column("kind").to_pylist()
             n = len(kinds) if kind == "all" else sum(1 for x in kinds if x == kind)
+            if kinds_seen is not None:
+                kinds_seen.update(kinds if kind == "all" else [kind] if n else [])
         else:
             n = T.count_given(ds, k) if kind in ("all", "text") else 0
         if n == 0:
@@ -87,7 +91,8 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
         executor = InlineExecutor()  # an in-memory filesystem is not shared with worker processes
 
     clean_leftovers(target.url)
-    plan = _plan(ds, source, kind, limit)
+    kinds_seen: set = set()
+    plan = _plan(ds, source, kind, limit, kinds_seen)
     if not plan:
         what = "pairs" if kind == "all" else f"{kind} pairs"
         hint = ("" if source == "pairs" else
@@ -98,16 +103,18 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     weights = weight_bounds(ds) if source == "pairs" else None
     tmp = new_version(target)
     tmp.makedirs()
-    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take, weights)
+    contrast = "contrast" in kinds_seen  # every trl file of the export gets `rejected_images` then
+    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take, weights, contrast)
              for i, (k, take) in enumerate(plan)]
     task_id = progress.add_task("export", total=len(tasks)) if progress is not None else None
-    counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}}
+    counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}, "skipped": 0}
 
     def done(task, res: T.ConvertResult):
         if isinstance(task, T.AssembleTask):
             counts.update(rows=res.rows, images=res.images, files=res.files)
             return None
         counts["pairs"] += res.pairs
+        counts["skipped"] += res.skipped
         counts["rows"] += res.rows
         counts["files"] += res.files
         for k, n in res.kinds.items():
@@ -126,6 +133,8 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
         summary = {"format": fmt, "path": target.url, "kind": kind, "rows": counts["rows"], "pairs": counts["pairs"],
                    "kinds": counts["kinds"], "images": counts["images"], "source": source, "limit": limit,
                    "files": counts["files"], "time": now_iso(), "dataset": ds.root.url, "povid_version": __version__}
+        if counts["skipped"]:  # contrast pairs a format without a rejected image cannot hold
+            summary["skipped"] = {"contrast": counts["skipped"]}
         if weights is not None:  # the bounds every weight was scaled by (stages/weights.py)
             summary["weights"] = {"score_min": weights[0], "score_max": weights[1], "floor": FLOOR}
         tmp.join(MARKER).write_json_atomic(summary)

@@ -35,6 +35,7 @@ class ConvertTask:
     kind: str
     take: int | None       # pairs of `kind` to take from this shard (None: all)
     weights: tuple[float, float] | None = None  # (min, max) of `weight_score` over all pairs: weighted export
+    contrast: bool = False  # the export holds contrast pairs: trl gets the `rejected_images` column
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ConvertResult:
     pairs: int = 0
     rows: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0       # pairs the format cannot hold (contrast pairs in a format without a rejected image)
     images: int = 0
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -81,18 +83,19 @@ def count_given(ds: Dataset, k: int) -> int:
 def convert(task: ConvertTask) -> ConvertResult:
     t0 = time.perf_counter()
     pairs = shard_pairs(Dataset.at(task.root), task.source, task.k, task.kind, task.take)
+    pairs, skipped = conv.split_rejected_images(pairs, task.fmt)
     if task.weights is not None:
         for p in pairs:
             p["weight"] = normalise(p.get("weight_score"), *task.weights)
     tmp = resolve(task.tmp)
-    res = ConvertResult(task.index, pairs=len(pairs))
+    res = ConvertResult(task.index, pairs=len(pairs), skipped=skipped)
     for p in pairs:
         res.kinds[p.get("kind") or "?"] = res.kinds.get(p.get("kind") or "?", 0) + 1
     if task.fmt == "trl":
-        schema = conv.trl_schema(task.weights is not None)
-        table = pa.Table.from_pylist(conv.to_trl(pairs, task.weights is not None), schema=schema)
+        schema = conv.trl_schema(task.weights is not None, task.contrast)
+        table = pa.Table.from_pylist(conv.to_trl(pairs, task.weights is not None, task.contrast), schema=schema)
         name = f"train-{task.index:05d}.parquet"
-        feats = conv.hf_features(schema, {"images": "List"})
+        feats = conv.hf_features(schema, conv.IMAGE_COLUMNS)
         tmp.join(name).write_parquet_atomic(table, {"huggingface": json.dumps(feats)})
         res.rows, res.files = table.num_rows, [name]
     else:

@@ -13,7 +13,7 @@ from povid_cli.core.fs import resolve
 from povid_cli.core.store import Dataset
 from povid_cli.report.html import Summary, render, select, thumbnail
 
-_SKIP = {"image"}
+_SKIP = {"image", "rejected_image", "rejected_extra_images"}  # image bytes: read apart, as thumbnails
 
 
 @dataclass

@@ -36,6 +36,7 @@ FLAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vlm": ("sample", ("model",)),
     "sample_backend": ("sample", ("backend",)),
     "distort": ("distort", ("methods", "method")),
+    "kinds": ("filter", ("kinds",)),
     "image_root": ("ingest", ("image_root",)),
     "kinds": ("filter", ("kinds",)),
 }

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from povid_cli.core.errors import UsageError
 from povid_cli.core.options import Options, opt
 
-LOSSES = ("sigmoid", "ipo", "hinge", "robust", "povid")
+LOSSES = ("sigmoid", "ipo", "hinge", "robust", "povid", "mdpo")
 SCHEDULES = ("povid", "mixed")
 REPORT_TO = ("none", "tensorboard", "wandb")
 _L = "Loss"
@@ -24,12 +24,15 @@ class TrainConfig(Options):
     model: str = opt(None, "The VLM to train: a local folder or a Hugging Face model id.", cli=False)
     output: str = opt(None, "Output folder: final/ (adapter or model + processor), checkpoints/, metrics.jsonl, "
                       "metrics.png.", cli=False)
-    kind: str = opt("all", "Which pairs: text (hallucinate), image (distort + sample) or all.",
-                    choices=("text", "image", "all"))
-    schedule: str = opt("povid", "povid: stage 1 on text pairs (3 epochs), then stage 2 on image pairs (1 epoch) from "
-                        "stage 1; mixed: one run over all selected pairs.", choices=SCHEDULES)
-    loss: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge, robust, or povid (DPO + POVID's noised-image argmax as a "
-                    "second rejected answer).", choices=LOSSES, panel=_L)
+    kind: str = opt("all", "Which pairs: text (hallucinate), image (distort + sample), contrast (the answer under "
+                    "the clean vs a distorted image: filter --kinds ...,contrast) or all.",
+                    choices=("text", "image", "contrast", "all"))
+    schedule: str = opt("povid", "povid: stage 1 on text pairs (3 epochs), then stage 2 on image and contrast pairs "
+                        "(1 epoch) from stage 1; mixed: one run over all selected pairs.", choices=SCHEDULES)
+    loss: str = opt("sigmoid", "sigmoid (DPO), ipo, hinge, robust, povid (DPO + POVID's noised-image argmax as a "
+                    "second rejected answer) or mdpo (DPO + mDPO's conditional term on the answer under a corrupted "
+                    "image: the item's contrast image, else a random crop + the anchor term). Contrast pairs train "
+                    "as image-contrast DPO under any of them.", choices=LOSSES, panel=_L)
     beta: float = opt(0.1, "DPO beta (KL strength).", min=0.0, panel=_L)
     label_smoothing: float = opt(0.0, "--loss robust: assumed fraction of flipped pairs.", min=0.0, max=0.49, panel=_L)
     povid_weight: float = opt(0.5, "--loss povid: weight of the noised-image term (the plain DPO term gets 1 - w).",

@@ -8,8 +8,11 @@ Input (either):
 
 Output rows (what `trl.DPOTrainer` takes for VLMs; a multi-image item's row has all its images):
 `images` [{bytes, path}], `prompt` [{role: user, content: str}], `chosen` / `rejected` [{role: assistant,
-content: str}], `kind`, and `weight` (float) with `--weight-column`. TRL puts the image placeholder into the
-first user turn itself. `read_pairs(path, extra)` also keeps the named columns (a curriculum score) as they are.
+content: str}], `kind`, `id`, `item_id`, and `weight` (float) with `--weight-column`. TRL puts the image
+placeholder into the first user turn itself. `read_pairs(path, extra)` also keeps the named columns (a
+curriculum score) as they are. A `contrast` pair also has `rejected_images` (its rejected side's images: pairs'
+`rejected_image` + `rejected_extra_images`, TRL Parquet's `rejected_images`), read by povid's collator
+(povid_cli/train/collator.py); `--loss mdpo` adds `cond_images` (`attach_conditional_images`).
 
 Pair weights (`--weight-column COL`): a column of `pairs`; `weight` on a povid dataset whose pairs have
 `weight_score` (filter --weight-by) is that score scaled to [0.2, 1] over all its pairs, as `export` does
@@ -32,7 +35,8 @@ from povid_cli.core.schemas import item_images
 
 log = logging.getLogger("povid.train")
 
-KINDS = ("text", "image", "all")
+KINDS = ("text", "image", "contrast", "all")
+IMAGE_KEYS = ("images", "rejected_images", "cond_images")  # a row's image lists (the first is always there)
 MIN_IMAGE_SIDE = 28  # the smallest patch grid any supported vision tower accepts (2 x 14 px)
 
 
@@ -161,29 +165,62 @@ def _image(img) -> dict:
     raise PovidError(f"unsupported image value {type(img).__name__}")
 
 
+def _row(r: dict, images: list, rejected_images: list | None) -> dict:
+    row = {"images": [_image(i) for i in images], "prompt": _messages(r["prompt"], "user"),
+           "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
+           "kind": r.get("kind") or "text", "id": r.get("id"), "item_id": r.get("item_id")}
+    if rejected_images:
+        if len(rejected_images) != len(row["images"]):
+            raise PovidError(f"pair {r.get('id')}: {len(row['images'])} image(s) but {len(rejected_images)} rejected "
+                             "image(s)")
+        row["rejected_images"] = [_image(i) for i in rejected_images]
+    return row
+
+
 def _from_povid(r: dict) -> dict:
-    return {"images": [_image(i) for i in item_images(r)], "prompt": _messages(r["prompt"], "user"),
-            "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
-            "kind": r.get("kind") or "text"}
+    rejected = [r["rejected_image"], *(r.get("rejected_extra_images") or [])] if r.get("rejected_image") else None
+    return _row(r, item_images(r), rejected)
 
 
 def _from_trl(r: dict) -> dict:
     imgs = r.get("images")
     if imgs is None and r.get("image") is not None:
         imgs = [r["image"]]
-    return {"images": [_image(i) for i in imgs or []], "prompt": _messages(r["prompt"], "user"),
-            "chosen": _messages(r["chosen"], "assistant"), "rejected": _messages(r["rejected"], "assistant"),
-            "kind": r.get("kind") or "text"}
+    return _row(r, imgs or [], r.get("rejected_images"))
 
 
-def select_kind(rows: list[dict], kind: str, source: str) -> list[dict]:
-    if kind not in KINDS:
-        raise PovidError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
-    out = rows if kind == "all" else [r for r in rows if r["kind"] == kind]
+def attach_conditional_images(rows: list[dict]) -> int:
+    """`--loss mdpo`: give every row that is not itself a contrast pair the rejected images of a contrast pair of
+    its item (its corrupted image m'; one of them, picked by the row's id when there are several) as
+    `cond_images`. Returns how many rows got one; the others get mDPO's random crop in the collator."""
+    import hashlib
+
+    by_item: dict[str, list[list]] = {}
+    for r in rows:
+        if r.get("rejected_images") and r.get("item_id"):
+            by_item.setdefault(r["item_id"], []).append(r["rejected_images"])
+    n = 0
+    for r in rows:
+        options = by_item.get(r.get("item_id")) if not r.get("rejected_images") else None
+        if options:
+            pick = options[int(hashlib.sha256(str(r.get("id")).encode()).hexdigest(), 16) % len(options)]
+            if len(pick) == len(r["images"]):
+                r["cond_images"] = pick
+                n += 1
+    return n
+
+
+def select_kind(rows: list[dict], kind: str | tuple[str, ...], source: str) -> list[dict]:
+    """The rows of `kind` ("all", one kind, or a tuple of kinds); a one-line error when there are none."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    for k in kinds:
+        if k not in KINDS:
+            raise PovidError(f"unknown kind {k!r}; choose one of {', '.join(KINDS)}")
+    out = rows if "all" in kinds else [r for r in rows if r["kind"] in kinds]
     if not out:
         have = sorted({r["kind"] for r in rows})
-        raise PovidError(f"{source} has no {'' if kind == 'all' else kind + ' '}pairs"
-                         + (f" (it has: {', '.join(have)})" if have else ""))
+        what = "" if "all" in kinds else " or ".join(kinds) + " "
+        raise PovidError(f"{source} has no {what}pairs" + (f" (it has: {', '.join(have)})" if have else ""))
     return out
 
 
@@ -213,14 +250,21 @@ def _decode(data: bytes):
     return im.convert("RGB")
 
 
-def row_length(collator, row: dict, images: list | None = None) -> int:
-    """Tokens of the longer of (prompt + image tokens + chosen) and (prompt + image tokens + rejected),
-    exactly as TRL's vision collator builds them (untruncated)."""
-    ex = {"images": images if images is not None else [_decode(i["bytes"]) for i in row["images"]],
-          "prompt": [dict(m) for m in row["prompt"]], "chosen": [dict(m) for m in row["chosen"]],
-          "rejected": [dict(m) for m in row["rejected"]]}
-    out = collator.torch_call([ex])
+def row_length(processor, row: dict, images: dict | None = None) -> int:
+    """Tokens of the longest of (prompt + image tokens + chosen), (prompt + rejected image tokens + rejected) and,
+    with `cond_images`, (prompt + corrupted image tokens + chosen), as povid's collator builds them (untruncated).
+    `images`: the row's decoded image lists by key (IMAGE_KEYS), when already decoded."""
+    from povid_cli.train.collator import PairCollator
+
+    images = images if images is not None else _decoded(row)
+    ex = {"prompt": [dict(m) for m in row["prompt"]], "chosen": [dict(m) for m in row["chosen"]],
+          "rejected": [dict(m) for m in row["rejected"]], **images}
+    out = PairCollator(processor=processor, max_length=None, conditional="cond_images" in images).torch_call([ex])
     return int(out["attention_mask"].sum(dim=1).max())
+
+
+def _decoded(row: dict) -> dict:
+    return {k: [_decode(i["bytes"]) for i in row[k]] for k in IMAGE_KEYS if row.get(k)}
 
 
 def fit_to_budget(rows: list[dict], processor, max_length: int | None, progress=None) -> tuple[list[dict], Budget]:
@@ -232,34 +276,38 @@ def fit_to_budget(rows: list[dict], processor, max_length: int | None, progress=
         budget.fit = len(rows)
         return rows, budget
     from PIL import Image
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
     from povid_cli.core.images import encode
 
-    collator = DataCollatorForVisionPreference(processor=processor, max_length=None)
+    def shrink(ims: list) -> list:
+        return [im.resize((max(MIN_IMAGE_SIDE, im.width * 3 // 4), max(MIN_IMAGE_SIDE, im.height * 3 // 4)),
+                          Image.BICUBIC) for im in ims]
+
     kept = []
     for row in rows:
         try:
-            images = [_decode(i["bytes"]) for i in row["images"]]
+            images = _decoded(row)
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds; the row is unusable either way
             budget.unreadable += 1
             log.warning("skipping a pair with an unreadable image: %s", e)
             continue
-        n = row_length(collator, row, images)
+        n = row_length(processor, row, images)
         budget.longest = max(budget.longest, n)
         if n <= max_length:
             kept.append(row)
             budget.fit += 1
         else:
-            while n > max_length and images and min(images[0].size) * 3 // 4 >= MIN_IMAGE_SIDE:
-                images = [im.resize((max(MIN_IMAGE_SIDE, im.width * 3 // 4), max(MIN_IMAGE_SIDE, im.height * 3 // 4)),
-                                    Image.BICUBIC) for im in images]
-                smaller = row_length(collator, row, images)
+            first = images.get("images") or []
+            while n > max_length and first and min(first[0].size) * 3 // 4 >= MIN_IMAGE_SIDE:
+                images = {k: shrink(ims) for k, ims in images.items()}  # the rejected / corrupted ones too
+                first = images["images"]
+                smaller = row_length(processor, row, images)
                 if smaller >= n:  # a fixed-resolution processor: the image always costs the same
                     break
                 n = smaller
             if n <= max_length:
-                kept.append({**row, "images": [{"bytes": encode(im), "path": None} for im in images]})
+                kept.append({**row, **{k: [{"bytes": encode(im), "path": None} for im in ims]
+                                       for k, ims in images.items()}})
                 budget.resized += 1
             else:
                 budget.skipped += 1
@@ -290,13 +338,15 @@ def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict]
 
 
 def to_hf(rows: list[dict], weighted: bool = False):
-    """A `datasets.Dataset` whose `images` column decodes to PIL images (what TRL's collator wants), with the
-    rows' `weight` when `weighted`."""
+    """A `datasets.Dataset` whose image columns decode to PIL images (what the collators want), with the rows'
+    `weight` when `weighted`, and `rejected_images` / `cond_images` when some row has them (null elsewhere)."""
     import datasets
 
     msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    optional = [k for k in IMAGE_KEYS[1:] if any(r.get(k) for r in rows)]
     features = datasets.Features({
         "images": datasets.List(datasets.Image()), "prompt": msg, "chosen": msg, "rejected": msg,
         "kind": datasets.Value("string"), **({"weight": datasets.Value("float32")} if weighted else {}),
+        **{k: datasets.List(datasets.Image()) for k in optional},
     })
-    return datasets.Dataset.from_list([{k: r[k] for k in features} for r in rows], features=features)
+    return datasets.Dataset.from_list([{k: r.get(k) for k in features} for r in rows], features=features)

@@ -11,7 +11,8 @@ For every batch (TRL's layout: rows [0, B) = prompt + chosen, rows [B, 2B) = pro
 Both terms go through `DPOTrainer.compute_loss`, so every TRL loss type, PEFT, DeepSpeed and FSDP work
 unchanged; the second term's metrics are logged as `povid/rewards/margins`, `povid/rewards/accuracies`, ...
 With per-pair weights (`--weight-column`, povid_cli/train/weighted.py, which this trainer extends) both
-terms are weighted.
+terms are weighted. In a batch with `contrast` pairs the rejected half holds the distorted images: the second
+term's rows all get the chosen half's (clean) images (`clean_images_twice`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from stages.diffusion import DEFAULT_T, NUM_STEPS, coefficients
 
 # keys aligned with the token sequence: the hallucinated half copies the chosen half's values
 SEQUENCE_KEYS = ("attention_mask", "completion_mask", "token_type_ids", "mm_token_type_ids", "position_ids")
-NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", "weight")
+NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", "weight", "cond_mask")
 # the second term's metrics worth keeping (the chosen side repeats the first term's)
 POVID_METRICS = ("rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/rejected")
 
@@ -41,6 +42,26 @@ def add_noise_torch(pixel_values: torch.Tensor, t: int = DEFAULT_T, generator: t
     if pixel_values.dim() == 5:  # (batch, images, C, H, W)
         padding = (pixel_values == 0).flatten(2).all(dim=-1)
         out[padding] = 0
+    return out
+
+
+def clean_images_twice(inputs: dict, n: int) -> dict:
+    """The batch's image tensors with the rejected half's images replaced by the chosen half's (rows [0, n)).
+
+    Both halves hold as many images (contrast pairs: the same count, other pixels); Qwen-VL's patches of all
+    images are concatenated, with `image_grid_thw` saying how many each has."""
+    out = {}
+    grid = inputs.get("image_grid_thw")
+    for key, value in inputs.items():
+        if key in SEQUENCE_KEYS or key in NON_MODEL_KEYS or key == "input_ids" or not torch.is_tensor(value) \
+                or value.dim() == 0:
+            continue
+        if key == "pixel_values" and grid is not None:
+            patches = int(grid[: grid.shape[0] // 2].prod(dim=-1).sum())
+            out[key] = torch.cat([value[:patches], value[:patches]])
+        elif value.shape[0] % 2 == 0:  # one entry per image (or per row): the first half is the chosen rows'
+            half = value.shape[0] // 2
+            out[key] = torch.cat([value[:half], value[:half]])
     return out
 
 
@@ -107,6 +128,7 @@ class PovidDPOTrainer(WeightedDPOTrainer):
         pred[:, length - keep + 1:] = logits[:n, :-1].argmax(dim=-1)
         hallucinated = torch.where(completion[:n], pred, input_ids[:n])
         out = dict(inputs)
+        out.update(clean_images_twice(inputs, n))  # the second term reads both answers under the clean image
         out["input_ids"] = torch.cat([input_ids[:n], hallucinated])
         for key in SEQUENCE_KEYS:
             if key in inputs and torch.is_tensor(inputs[key]) and inputs[key].shape[:2] == input_ids.shape:

@@ -5,8 +5,9 @@ Input: pair rows (povid_cli/train/data.py), the TrainConfig. Output: `StagePlan`
 stage loop (povid_cli/train/trainer.py) starts each stage from the previous one's weights and uses that
 model as its DPO reference.
 
-- `--schedule povid`: stage 1 = the `text` pairs (3 epochs), stage 2 = the `image` pairs (1 epoch). Data with
-  only one of the two kinds runs the stage it has and says in one line why the other was skipped.
+- `--schedule povid`: stage 1 = the `text` pairs (3 epochs), stage 2 = the image side (1 epoch): `image` pairs and
+  `contrast` pairs (filter --kinds ...,contrast). Data with only one of the two sides runs the stage it has and
+  says in one line why the other was skipped.
 - `--schedule mixed`: one stage over the selected `--kind`.
 - `--curriculum K`: each of those stages is split into K sub-stages of (nearly) equal size, ordered from easy to
   hard by a difficulty score (default: `similarity`, the word-level similarity of chosen and rejected: the more
@@ -33,7 +34,10 @@ log = logging.getLogger("povid.train")
 DEFAULT_SCORE = "similarity"
 # what makes each kind of pair, for the line that says a --schedule povid stage was skipped
 MAKES = {"text": "`povid hallucinate DATA` (synth runs it by default)",
-         "image": "`povid distort DATA` then `povid sample DATA --model M` (or `povid synth ... --vlm M`)"}
+         "image": "`povid distort DATA` then `povid sample DATA --model M` (or `povid synth ... --vlm M`), or "
+                  "`povid distort DATA` then `povid filter DATA --kinds text,image,contrast`"}
+# the pair kinds each --schedule povid stage trains on
+STAGE_KINDS = {"text": ("text",), "image": ("image", "contrast")}
 
 
 @dataclass
@@ -62,14 +66,18 @@ def plan_stages(schedule: str, kind: str, epochs: float | None, rows: list[dict]
         return [StagePlan("all" if kind == "all" else kind, kind, epochs or 1, select_kind(rows, kind, source))]
     kinds = ("text", "image") if kind == "all" else (kind,)
     have = {r["kind"] for r in rows}
-    if kind == "all" and have & set(kinds):  # run the stage the data has, say why the other one is not run
+
+    def stage_kinds(k: str) -> tuple[str, ...]:
+        return STAGE_KINDS[k] if kind == "all" else (k,)
+
+    if kind == "all" and have & {x for k in kinds for x in stage_kinds(k)}:  # run the stages the data has
         for i, k in enumerate(kinds):
-            if k not in have:
+            if not have & set(stage_kinds(k)):
                 echo(f"no {k} pairs in {source}: stage {i + 1} ({k} pairs) skipped; {k} pairs come from {MAKES[k]}")
-        kinds = tuple(k for k in kinds if k in have)
+        kinds = tuple(k for k in kinds if have & set(stage_kinds(k)))
     plans = []
     for k in kinds:
-        plans.append(StagePlan(k, k, epochs or (3 if k == "text" else 1), select_kind(rows, k, source)))
+        plans.append(StagePlan(k, k, epochs or (3 if k == "text" else 1), select_kind(rows, stage_kinds(k), source)))
     return plans
 
 
@@ -174,6 +182,14 @@ def prepare(cfg, processor, echo: Callable[[str], None]) -> tuple[list[StagePlan
     cur = parse_curriculum(cfg.curriculum)
     extra = ((cur.score,) if cur else ()) + (() if cfg.weight_column else ("weight_score",))
     rows = read_pairs(cfg.data, extra, cfg.weight_column)
+    if cfg.loss == "mdpo":
+        from povid_cli.train.data import attach_conditional_images
+
+        n = attach_conditional_images(rows)
+        others = sum(1 for r in rows if not r.get("rejected_images")) - n
+        echo(f"mdpo: {n} pairs take their item's contrast image as the corrupted image, {others} mDPO's random crop"
+             + (f"; {len(rows) - n - others} contrast pairs train as their own conditional preference"
+                if len(rows) - n - others else ""))
     if cfg.weight_column:
         ws = [r["weight"] for r in rows]
         echo(f"pair weights from {cfg.weight_column}: {min(ws):g}..{max(ws):g}, mean {sum(ws) / len(ws):.3g}"

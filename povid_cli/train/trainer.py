@@ -14,8 +14,8 @@ OUT/metrics.jsonl  OUT/metrics.png     # loss / reward margins / accuracies, tra
 Schedules: `povid` = stage 1 on `text` pairs (3 epochs), then stage 2 on `image` pairs (1 epoch) starting from
 the stage-1 weights, with the stage-1 model as the DPO reference (TRL copies a loaded adapter into a frozen
 "ref" adapter; a full model is reloaded as its own reference); `mixed` = one run over the selected kinds.
-Which stages, on which pairs (schedule, curriculum): povid_cli/train/plan.py. Per-pair weights:
-povid_cli/train/weighted.py.
+Which stages, on which pairs (schedule, curriculum): povid_cli/train/plan.py. Per-pair weights and contrast
+pairs: povid_cli/train/weighted.py and collator.py; `--loss povid`: losses.py; `--loss mdpo`: mdpo.py.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def dpo_args(cfg: TrainConfig, output_dir: Path, epochs: float, bf16: bool, has_
     import torch
     from trl import DPOConfig
 
-    base_loss = "sigmoid" if cfg.loss == "povid" else cfg.loss
+    base_loss = "sigmoid" if cfg.loss in ("povid", "mdpo") else cfg.loss
     # --sft-weight: TRL's "sft" loss term (mean next-word loss over the chosen tokens) with that weight, which is
     # what the older TRL `rpo_alpha` did; under --loss povid both terms carry it, so the total gains it once
     losses = {"loss_type": [base_loss, "sft"], "loss_weights": [1.0, cfg.sft_weight]} if cfg.sft_weight else \
@@ -180,6 +180,26 @@ def dpo_args(cfg: TrainConfig, output_dir: Path, epochs: float, bf16: bool, has_
         eval_on_start=has_eval, report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=cfg.num_workers, disable_tqdm=False,
     )
+
+
+def trainer_class(cfg: TrainConfig, weighted: bool, contrast: bool) -> tuple[type, dict]:
+    """The trainer for --loss (and its extra arguments): povid's subclasses where TRL's DPOTrainer cannot do it
+    (weights, contrast pairs' rejected images, the povid and mdpo losses), TRL's own otherwise."""
+    if cfg.loss == "povid":
+        from povid_cli.train.losses import PovidDPOTrainer
+
+        return PovidDPOTrainer, {"povid_weight": cfg.povid_weight, "noise_step": cfg.noise_step}
+    if cfg.loss == "mdpo":
+        from povid_cli.train.mdpo import MDPOTrainer
+
+        return MDPOTrainer, {}
+    if weighted or contrast:
+        from povid_cli.train.weighted import WeightedDPOTrainer
+
+        return WeightedDPOTrainer, {}
+    from trl import DPOTrainer
+
+    return DPOTrainer, {}
 
 
 def cur_score(cfg: TrainConfig) -> str:
@@ -202,7 +222,6 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
     check_output(out, cfg.resume, cfg)
 
     from transformers import AutoProcessor
-    from trl import DPOTrainer
 
     from povid_cli.train.data import to_hf
     from povid_cli.train.metrics import MetricsLogger, plot, read_metrics, summary
@@ -213,6 +232,8 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
         raise PovidError(f"{cfg.model} has no image processor (AutoProcessor gave {type(processor).__name__})")
     plans, evals, budget_lines = prepare(cfg, processor, echo)
     weighted = cfg.weight_column is not None
+    contrast = any(r.get("rejected_images") for p in plans for r in p.rows) or \
+        any(r.get("rejected_images") for ev in evals.values() for r in ev)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "train_args.json", {"config": asdict(cfg), "family": family, "bf16": bf16,
                                           "stages": [{"name": p.name, "kind": p.kind, "epochs": p.epochs,
@@ -249,17 +270,7 @@ def run_train(cfg: TrainConfig, echo: Callable[[str], None] = log.info, trainer_
 
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                      target_modules=lora_targets(model), task_type="CAUSAL_LM")
-        extra = {}
-        trainer_cls = DPOTrainer
-        if cfg.loss == "povid":
-            from povid_cli.train.losses import PovidDPOTrainer
-
-            trainer_cls = PovidDPOTrainer
-            extra = {"povid_weight": cfg.povid_weight, "noise_step": cfg.noise_step}
-        elif weighted:
-            from povid_cli.train.weighted import WeightedDPOTrainer
-
-            trainer_cls = WeightedDPOTrainer
+        trainer_cls, extra = trainer_class(cfg, weighted, contrast)
         ref_model = None
         if cfg.full and previous is not None:  # TRL would reload the original base as the reference
             from transformers import AutoModelForImageTextToText

@@ -1,8 +1,9 @@
 """`train --weight-column COL`: each pair's loss multiplied by its weight (MMedPO), inside TRL's DPO loss.
 
 TRL has no per-pair weight (trl#5613), so this trainer adds one. How:
-1. the weights travel with the rows: `weight` is kept as a signature column (TRL would drop it), and
-   `WeightCollator` wraps TRL's vision collator to put `weight` (float32, one per pair) into the batch;
+1. the weights travel with the rows: `weight` is kept as a signature column (TRL would drop it), and povid's
+   collator (povid_cli/train/collator.py, TRL's vision collator generalised) puts `weight` (float32, one per
+   pair) into the batch;
 2. `_compute_loss` takes `weight` out of the batch (the model must not see it), lets TRL compute everything as
    usual (forwards, reference, metrics), catches the policy's and the reference's per-token log-probs on their
    way out of the two forwards (forward hooks: no extra forward), and returns the weighted loss instead:
@@ -14,7 +15,12 @@ TRL has no per-pair weight (trl#5613), so this trainer adds one. How:
    TRL's loss exactly (tests/test_train_weights.py checks it), with w_i = 0 pair i gives no gradient at all.
    The SFT term is weighted too: a pair's weight scales everything that pair contributes, so weight 0 really
    means "no gradient from this pair", and the chosen answers of the pairs that matter less are imitated less.
-3. `--loss povid` (PovidDPOTrainer subclasses this one) weights both of its terms the same way.
+3. `--loss povid` (PovidDPOTrainer subclasses this one) weights both of its terms the same way, and `--loss mdpo`
+   (MDPOTrainer, povid_cli/train/mdpo.py) its three.
+
+This trainer (and so every povid trainer) also trains `contrast` pairs: its collator prompts the rejected half of
+such a row with the row's `rejected_images` (the answer is the same text), so TRL's loss, whatever --loss, is the
+image-contrast preference (mDPO's conditional term, V-DPO, CHiP) for those rows.
 
 Only training is weighted: evaluation reports TRL's plain loss on the held-out pairs, so runs with and
 without weights can be compared on the same numbers. The mean weight of each batch is logged as `weight`.
@@ -26,33 +32,26 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
 
+from povid_cli.train.collator import PairCollator
+
 WEIGHTED_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "sft")
-
-
-class WeightCollator:
-    """TRL's collator + the examples' `weight` as a float32 tensor (absent when the rows have none)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, examples: list[dict]) -> dict:
-        examples = [dict(ex) for ex in examples]
-        weights = [ex.pop("weight", None) for ex in examples]
-        batch = self.inner(examples)
-        if any(w is not None for w in weights):
-            if any(w is None for w in weights):
-                raise ValueError("some rows of a weighted batch have no weight")
-            batch["weight"] = torch.tensor(weights, dtype=torch.float32)
-        return batch
+# the row columns povid's collator reads besides TRL's (TRL's remove_unused_columns would drop them)
+POVID_COLUMNS = ("weight", "rejected_images", "cond_images")
 
 
 class WeightedDPOTrainer(DPOTrainer):
-    """`DPOTrainer` whose training loss weights each pair by the batch's `weight` (see the module docstring).
-    Batches without `weight` go through TRL unchanged."""
+    """`DPOTrainer` whose training loss weights each pair by the batch's `weight` (see the module docstring), with
+    povid's collator (rejected-side images for contrast pairs). Batches without `weight` go through TRL's loss
+    unchanged."""
+
+    conditional = False  # MDPOTrainer: the collator adds mDPO's conditional rows
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data_collator = WeightCollator(self.data_collator)
+        inner = self.data_collator
+        self.data_collator = PairCollator(processor=inner.processor, max_length=inner.max_length,
+                                          pad_to_multiple_of=inner.pad_to_multiple_of, conditional=self.conditional,
+                                          seed=self.args.seed)
 
     def check_weightable(self) -> None:
         """Weights are applied to TRL's plain per-pair losses only (what povid's --loss offers)."""
@@ -66,8 +65,9 @@ class WeightedDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "weight" not in self._signature_columns:  # else remove_unused_columns drops it before the collator
-            self._signature_columns = [*self._signature_columns, "weight"]
+        missing = [c for c in POVID_COLUMNS if c not in self._signature_columns]
+        if missing:  # else remove_unused_columns drops them before the collator
+            self._signature_columns = [*self._signature_columns, *missing]
 
     def _hooked_modules(self, model) -> list:
         """The modules whose forward outputs are the policy's and the reference's log-probs (once each: the
