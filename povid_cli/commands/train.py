@@ -31,6 +31,7 @@ def train_cmd(
     beta: Annotated[float, typer.Option("--beta", help="DPO beta (KL strength).")] = 0.1,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="--loss robust: assumed fraction of flipped pairs.")] = 0.0,
     povid_weight: Annotated[float, typer.Option("--povid-weight", help="--loss povid: weight of the noised-image term (the plain DPO term gets 1 - w).")] = 0.5,
+    sft_weight: Annotated[float, typer.Option("--sft-weight", min=0.0, help="Add this weight x the next-word loss on the chosen answer (RPO, TRL's rpo_alpha): keeps DPO from trading recall for fewer hallucinations (0: off).")] = 0.0,
     noise_step: Annotated[int, typer.Option("--noise-step", help="--loss povid: diffusion step t of the image noise (0..999).")] = 500,
     lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 128,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")] = 256,
@@ -83,7 +84,7 @@ def train_cmd(
 
     cfg = TrainConfig(
         data=data, model=model, output=output, kind=kind, schedule=schedule, loss=loss, beta=beta,
-        label_smoothing=label_smoothing, povid_weight=povid_weight, noise_step=noise_step, lora_r=lora_r,
+        label_smoothing=label_smoothing, povid_weight=povid_weight, sft_weight=sft_weight, noise_step=noise_step, lora_r=lora_r,
         lora_alpha=lora_alpha, full=full, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length or None, bf16=bf16,
         gradient_checkpointing=gradient_checkpointing, resume=resume, report_to=report_to,

@@ -51,6 +51,7 @@ class TrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0      # robust loss: assumed fraction of flipped labels
     povid_weight: float = 0.5         # --loss povid: weight of the noised-image term
+    sft_weight: float = 0.0           # + weight x next-word loss on the chosen answer (RPO; TRL loss_type "sft")
     noise_step: int = 500             # --loss povid: diffusion step t
     lora_r: int = 128
     lora_alpha: int = 256
@@ -110,6 +111,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError("--eval-fraction must be in [0, 1)")
     if not 0.0 <= cfg.povid_weight <= 1.0:
         raise UsageError("--povid-weight must be in [0, 1]")
+    if cfg.sft_weight < 0:
+        raise UsageError("--sft-weight must be at least 0")
     if not 0 <= cfg.noise_step < 1000:
         raise UsageError("--noise-step must be in 0..999")
     if cfg.merge and cfg.full:
@@ -251,11 +254,15 @@ def dpo_args(cfg: TrainConfig, output_dir: Path, epochs: float, bf16: bool, has_
     from trl import DPOConfig
 
     base_loss = "sigmoid" if cfg.loss == "povid" else cfg.loss
+    # --sft-weight: TRL's "sft" loss term (mean next-word loss over the chosen tokens) with that weight, which is
+    # what the older TRL `rpo_alpha` did; under --loss povid both terms carry it, so the total gains it once
+    losses = {"loss_type": [base_loss, "sft"], "loss_weights": [1.0, cfg.sft_weight]} if cfg.sft_weight else \
+        {"loss_type": [base_loss]}
     return DPOConfig(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=epochs, max_steps=cfg.max_steps, beta=cfg.beta, loss_type=[base_loss],
+        num_train_epochs=epochs, max_steps=cfg.max_steps, beta=cfg.beta, **losses,
         label_smoothing=cfg.label_smoothing, max_length=cfg.max_length, bf16=bf16, fp16=False,
         use_cpu=not torch.cuda.is_available(), gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
