@@ -40,7 +40,7 @@ RECIPES = {r.name: r for r in (
 DEFAULT = "sigmoid+sft"
 
 
-def synth_toml(n_rejected: int) -> str:
+def synth_toml(n_rejected: int, sample: bool = False) -> str:
     """povid.toml for `povid synth` on the world (each line says why it differs from the default)."""
     return f"""# povid synth settings for the synthetic world (benchmarks/world.py)
 [hallucinate]
@@ -55,9 +55,14 @@ p_object = 1.0
 size = 0
 
 [filter]
-# the world's captions repeat by design ("There is a fork."): dedup would keep one pair per caption text
+# the world's captions repeat by design ("There is a zebra."): dedup would keep one pair per caption text
 # across the whole dataset, though every image differs
 dedup = false
 # a one-sentence caption plus one inserted sentence is below the default 0.45 word similarity
 min_similarity = 0.0
-"""
+""" + ("""
+[sample]
+# captions are short; 100 images per generate call
+max_tokens = 48
+batch_size = 100
+""" if sample else "")

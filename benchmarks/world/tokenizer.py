@@ -3,7 +3,7 @@
 Its vocabulary covers every word the world's captions use AND every word povid's `rules` hallucinator
 can write into them (the templates, the 80 COCO names, the swaps), so rejected answers tokenize without
 <unk>. Text is lower-cased and split into words and punctuation (`\\w+|[^\\w\\s]+`, tokenizers' Whitespace
-pre-tokenizer); decoding joins tokens with spaces ("there is a fork . a knife lies next to the fork .").
+pre-tokenizer); decoding joins tokens with spaces ("there is a zebra . a giraffe sits near the zebra .").
 
     tok = build_tokenizer()           # a transformers PreTrainedTokenizerFast with the chat template
     words = vocabulary()              # the sorted word list
