@@ -219,14 +219,12 @@ def test_correct_and_filter_kinds_say_what_to_run_first(make_items, cli, model_s
 
 
 # -- sample --clean beside distorted images; hashes of existing datasets ----------------------------------
-def test_sample_clean_fails_multi_image_items_per_row():
+def test_sample_clean_needs_no_distorted_images():
+    """(A multi-image item's clean images all go into one prompt since issue 15: tests/test_multi_image.py.)"""
     from stages.sample import SampleConfig, SampleStage
 
-    item = {"id": "m", "prompt": "p", "image": {"bytes": b"x", "path": None}, "extra_images": [{"bytes": b"y"}]}
     stage = SampleStage(SampleConfig(model="m", backend="openai", clean=True))
     assert stage.reads == ("items",) and stage.optional_reads == ("distorted",)
-    res = stage.process(Batch([item], {}))
-    assert res.outputs["sampled"] == [] and [(f["id"], f["kind"]) for f in res.failed] == [("m", "multi_image")]
     assert SampleStage(SampleConfig(model="m", backend="openai")).reads == ("items", "distorted")
 
 
@@ -311,7 +309,7 @@ def test_synth_kinds_corrected_answers_the_clean_images_and_runs_correct(cli, mo
     r = cli(["synth", src, "-o", tmp_path / "other", "--kinds", "corrected"])
     assert r.exit_code == 2 and "--vlm" in r.output
     r = cli(["synth", src, "-o", tmp_path / "other", "--kinds", "text,bogus"])
-    assert r.exit_code == 2 and "--kinds must be one of text, image, corrected, got 'bogus'" in r.output
+    assert r.exit_code == 2 and "--kinds must be one of text, image, contrast, corrected, got 'bogus'" in r.output
     assert not (tmp_path / "other").exists()
 
 

@@ -1,0 +1,103 @@
+"""The README figure and table from `benchmarks/world.py` results.
+
+    python -m benchmarks.world.figure runs/*.json --png docs/world.png --md docs/world.md
+
+Input: result files of `benchmarks/world.py -o FILE` (one per recipe and seed). Output: a PNG with three
+panels (trigger CHAIR_s, trigger recall, ordinary recall; before / after / control per recipe, the bar
+= the mean over seeds, a dot per seed) and a markdown table with every run's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+PANELS = (("trigger", "chair_s", "trigger CHAIR_s (lower is better)"),
+          ("trigger", "recall", "trigger recall"), ("ordinary", "recall", "ordinary recall"))
+PHASES = (("before", "SFT (before)", "#9e9e9e"), ("after", "povid pairs (after)", "#1f77b4"),
+          ("control", "control: SFT on chosen", "#ff7f0e"))
+
+
+def load(paths: list[str]) -> dict[str, list[dict]]:
+    """recipe -> runs (sorted by seed)."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        runs[r["config"]["recipe"]].append(r)
+    return {k: sorted(v, key=lambda r: r["config"]["seed"]) for k, v in sorted(runs.items())}
+
+
+def plot(runs: dict[str, list[dict]], png: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(runs)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), sharey=True)
+    width = 0.8 / len(PHASES)
+    for ax, (subset, metric, title) in zip(axes, PANELS):
+        for j, (phase, label, colour) in enumerate(PHASES):
+            xs = [i + (j - 1) * width for i in range(len(recipes))]
+            vals = [[r[phase][subset][metric] for r in runs[rc]] for rc in recipes]
+            ax.bar(xs, [sum(v) / len(v) for v in vals], width, color=colour, label=label)
+            for x, v in zip(xs, vals):
+                ax.scatter([x] * len(v), v, s=9, color="black", zorder=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(recipes)))
+        ax.set_xticklabels(recipes, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    seeds = sorted({r["config"]["seed"] for v in runs.values() for r in v})
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Synthetic world, tiny LLaVA: bars = mean over seeds {seeds}, dots = seeds", fontsize=10)
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    head = ("| recipe | seed | trigger CHAIR_s before → after (control) | trigger CHAIR_i before → after "
+            "| trigger recall before → after (control) | ordinary recall before → after (control) | wall s |\n"
+            "|---|---|---|---|---|---|---|\n")
+    rows = []
+    for recipe, rs in runs.items():
+        for r in rs:
+            b, a, c = r["before"], r["after"], r["control"]
+            rows.append(
+                f"| {recipe} | {r['config']['seed']} "
+                f"| {b['trigger']['chair_s']:.2f} → **{a['trigger']['chair_s']:.2f}** ({c['trigger']['chair_s']:.2f}) "
+                f"| {b['trigger']['chair_i']:.2f} → {a['trigger']['chair_i']:.2f} "
+                f"| {b['trigger']['recall']:.2f} → {a['trigger']['recall']:.2f} ({c['trigger']['recall']:.2f}) "
+                f"| {b['ordinary']['recall']:.2f} → {a['ordinary']['recall']:.2f} ({c['ordinary']['recall']:.2f}) "
+                f"| {r['wall_s']:.0f} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="JSON files written by benchmarks/world.py -o")
+    p.add_argument("--png", required=True)
+    p.add_argument("--md", help="write the markdown table here (default: print it)")
+    a = p.parse_args(argv)
+    try:
+        runs = load(a.results)
+        plot(runs, a.png)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    md = table(runs)
+    if a.md:
+        Path(a.md).write_text(md)
+    else:
+        print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
