@@ -92,17 +92,26 @@ def summary(results: dict) -> dict:
             for name, sub in results["subsets"].items()}
 
 
-def evaluate(model: Path, world: Path, folder: Path, how: str, log_dir: Path) -> dict:
-    """FOLDER/results.json of `model` on the world's val split, by the local evaluator or by `povid eval`."""
+def evaluate(model: Path, world: Path, folder: Path, how: str, log_dir: Path, n_val: int, threads: int) -> dict:
+    """FOLDER/results.json of `model` on the world's val split: by `povid eval` (CHAIR from the COCO instances,
+    one figure per --subset image-id list), or by the in-process evaluator (benchmarks/world/evaluate.py)."""
+    from benchmarks.world.evaluate import PROMPT
+
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "results.json"
     if how == "povid":
-        # `povid eval` (issue 17): CHAIR from COCO annotations, one result per --subset image-id list
-        run_cmd("povid eval", povid("eval", "--model", model, "--annotations", world / "val" / "instances.json",
-                                    "--images", world / "val", "--subset", f"trigger={world / 'val' / 'trigger.txt'}",
-                                    "--subset", f"ordinary={world / 'val' / 'ordinary.txt'}", "-o", out),
-                log_dir / f"{folder.name}.log")
-        return json.loads(out.read_text())
+        val = world / "val"
+        run_cmd("povid eval", povid(
+            "eval", "--model", model, "--backend", "transformers", "--dtype", "float32", "--benchmarks", "chair",
+            "--coco-instances", val / "instances.json", "--images", val, "--n-images", n_val,
+            "--subset", f"trigger={val / 'trigger.txt'}", "--subset", f"ordinary={val / 'ordinary.txt'}",
+            "--prompt", PROMPT, "--max-tokens", 40, "--batch-size", 100, "-o", out), log_dir / f"{folder.name}.log")
+        res = json.loads(out.read_text())
+        res["samples"] = [{"image_id": a["image_id"], "caption": a.get("answer", ""), "objects": a.get("truth", []),
+                           "hallucinated": a.get("hallucinated", [])}
+                          for a in map(json.loads, out.with_suffix(".answers.jsonl").read_text().splitlines())
+                          if a.get("benchmark") == "chair"]
+        return res
     from benchmarks.world.evaluate import evaluate as local_eval
 
     res = local_eval(str(model), world)
@@ -138,7 +147,7 @@ class Steps:
         return result
 
 
-def run(cfg: RunConfig, work: Path, eval_how: str = "local", echo=print) -> dict:
+def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict:
     """The whole loop in `work`; returns the result object (see the module docstring)."""
     import torch
 
@@ -168,7 +177,7 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "local", echo=print) -> dict
 
     sft_log = step("sft", "sft", k_sft, sft_fn)
     sft = work / "sft"
-    before = step("eval before", "eval-before", k_sft, lambda p: evaluate(sft, world, p, eval_how, logs))
+    before = step("eval before", "eval-before", k_sft, lambda p: evaluate(sft, world, p, eval_how, logs, cfg.n_val, cfg.threads))
 
     # povid synth: text pairs (rules) for every recipe; image pairs (the SFT model sampled on the
     # diffusion-noised images) when the recipe asks, so that data depends on the SFT model too
@@ -201,7 +210,7 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "local", echo=print) -> dict
         return str(p / "final")
 
     dpo = Path(step("povid train", f"dpo-{cfg.recipe}", k_dpo, train_fn))
-    after = step("eval after", f"eval-after-{cfg.recipe}", k_dpo, lambda p: evaluate(dpo, world, p, eval_how, logs))
+    after = step("eval after", f"eval-after-{cfg.recipe}", k_dpo, lambda p: evaluate(dpo, world, p, eval_how, logs, cfg.n_val, cfg.threads))
 
     # the control: the same pairs' chosen answers, next-word loss only, with the DPO run's steps, batch, lr,
     # warm-up and AdamW settings (TRL's defaults: betas 0.9/0.999, no weight decay)
@@ -211,7 +220,8 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "local", echo=print) -> dict
         warmup=0.03, weight_decay=0.0, betas=(0.9, 0.999), seed=cfg.seed, log_every=max(1, cfg.dpo_steps // 5),
         echo=echo))
     ctrl = step("eval control", f"eval-control-{kind}", k_ctrl,
-                lambda p: evaluate(work / f"control-{kind}", world, p, eval_how, logs))
+                lambda p: evaluate(work / f"control-{kind}", world, p, eval_how, logs, cfg.n_val,
+                                                 cfg.threads))
 
     examples = [{"image_id": b["image_id"], "objects": b["objects"], "before": b["caption"], "after": a["caption"],
                  "control": x["caption"]}
@@ -243,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(flag, type=type(getattr(d, f.name)), default=None,
                            help=f"default {getattr(d, f.name)} (--ci: {CI[f.name]})" if f.name in CI else f"default {getattr(d, f.name)}")
     p.add_argument("--ci", action="store_true", help="the CI-sized world and steps (about 1.5 min on 2 cores)")
-    p.add_argument("--eval", dest="eval_how", choices=("local", "povid"), default="local",
-                   help="who computes CHAIR: benchmarks/world/evaluate.py, or `povid eval` once it exists")
+    p.add_argument("--eval", dest="eval_how", choices=("povid", "local"), default="povid",
+                   help="who computes CHAIR: `povid eval` (default), or benchmarks/world/evaluate.py in-process "
+                        "(the same matcher, no subprocess)")
     p.add_argument("--work", help="keep everything in this folder and reuse the steps already done there with the "
                                   "same settings (default: a temporary folder, removed)")
     p.add_argument("-o", "--output", help="also write the JSON here")

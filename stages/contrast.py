@@ -24,7 +24,9 @@ Contrast pairs skip the text filters (their two answers are the same text on pur
 from __future__ import annotations
 
 from povid_cli.core.schemas import item_images, variant_images
+from povid_cli.core.errors import RowError
 from povid_cli.core.stage import pair_id
+from stages.distort_recipe import materialise
 
 CHANGE_LEVEL = 8  # pixel levels (of 255): a change above resampling and JPEG rounding
 
@@ -37,21 +39,27 @@ DROP_REASONS = {
 SCORE_FIELDS = [("image_diff", "float64"), ("changed_area", "float64")]
 
 
+def rejected_images(item: dict, distorted: dict) -> list[dict]:
+    """A contrast pair's rejected side: the item's images with the distorted ones in their places (rebuilt
+    when the distorted row keeps a recipe)."""
+    return variant_images(item, materialise(item, distorted))
+
+
 def candidates(item: dict, distorted: list[dict]) -> list[dict]:
     """One contrast candidate per distorted variant of the item (pair rows, see the module docstring)."""
     chosen = item.get("chosen") or ""
     out = []
     for d in distorted:
         try:
-            rejected_images = variant_images(item, d)
-        except ValueError:
-            rejected_images = []  # scored as bad_image
+            rejected = rejected_images(item, d)
+        except (ValueError, RowError):
+            rejected = []  # scored as bad_image
         c = {"item_id": item["id"], "prompt": item["prompt"], "chosen": chosen, "rejected": chosen,
              "kind": "contrast", "variant": d.get("variant"), "image": item.get("image"),
              "extra_images": item.get("extra_images"), "task": item.get("task"), "source": item.get("source"),
              "source_id": item.get("source_id"), "rejected_source": "distorted", "rejected_id": d["id"],
-             "model": None, "rejected_image": rejected_images[0] if rejected_images else None,
-             "rejected_extra_images": rejected_images[1:] or None, "_distorted": d, "_boxes": item.get("boxes")}
+             "model": None, "rejected_image": rejected[0] if rejected else None,
+             "rejected_extra_images": rejected[1:] or None, "_distorted": d, "_boxes": item.get("boxes")}
         c["id"] = pair_id(c["item_id"], "contrast", c["variant"], chosen)
         out.append(c)
     return out

@@ -388,10 +388,12 @@ def _clean(c: dict) -> dict:
 
 
 def _stored(c: dict) -> dict:
-    """A kept pair as stored: its images are its item's, kept once in `items` (readers attach them:
-    povid_cli/core/items.py), not copied into every pair."""
+    """A kept pair as stored: its images are its item's, kept once in `items`, and a contrast pair's rejected
+    ones its distorted row's (readers attach them: povid_cli/core/items.py), not copied into every pair."""
     row = _clean(c)
     row["image"] = row["extra_images"] = None
+    if row.get("kind") == "contrast":  # the rejected images are its distorted row's: rebuilt where used
+        row["rejected_image"] = row["rejected_extra_images"] = None
     return row
 
 

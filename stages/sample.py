@@ -32,6 +32,7 @@ from povid_cli.core.options import Options, group, opt
 from povid_cli.core.schemas import SAMPLED, item_images, variant_images
 from povid_cli.core.stage import Batch, Result, Stage, failure
 from povid_cli.core.store import digest
+from stages.distort_recipe import materialise
 
 _ENGINE = "Engine (vllm, transformers)"
 CLEAN = "clean"  # the variant of answers on the clean image (sample --clean)
@@ -155,9 +156,12 @@ class SampleStage(Stage):
                                 "extra_images": item.get("extra_images")})
             for d in targets:
                 try:
-                    images = [im.get("bytes") if im else None for im in variant_images(item, d)]
+                    images = [im.get("bytes") if im else None for im in variant_images(item, materialise(item, d))]
                 except ValueError as e:
                     failed.append(failure(d["id"], str(e), kind="bad_image"))
+                    continue
+                except RowError as e:  # a distorted image stored as a recipe that cannot be rebuilt
+                    failed.append(failure(d["id"], str(e), kind=e.kind))
                     continue
                 if not all(images):
                     failed.append(failure(d["id"], "the distorted row (or its item) has no image bytes", kind="bad_image"))

@@ -49,6 +49,20 @@ def sample_data(tmp_path, cli) -> Path:
     return data
 
 
+def materialised(data, rows: list[dict] | None = None) -> list[dict]:
+    """DATA's distorted rows (or `rows` of them) with their image bytes: `distort` keeps recipes by default
+    (stages/distort_recipe.py), so tests that look at pixels rebuild them, as sample and export do."""
+    from povid_cli.core.store import Dataset
+    from stages.distort_recipe import materialise
+
+    ds = Dataset.open(str(data))
+    items = {r["id"]: r for r in ds.read_all("items").to_pylist()}
+    if rows is None:
+        t = ds.read_all("distorted")
+        rows = t.to_pylist() if t is not None else []
+    return [materialise(items[r["item_id"]], r) for r in rows]
+
+
 def png_bytes(color=(200, 30, 30), size=(64, 48), mode="RGB") -> bytes:
     from PIL import Image
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from stages.contrast import rejected_images
 from stages.filter import FilterConfig, FilterStage
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample"
@@ -51,7 +52,12 @@ def test_filter_makes_contrast_pairs_with_reasons_and_scores(contrast_data, cli)
     horse = by[("A brown horse in a field.", "diffusion")]
     assert horse["rejected"] == horse["chosen"] and horse["rejected_source"] == "distorted"
     # (the clean image is the item's: where pairs store it is the storage's business; the export test reads it)
-    assert horse["rejected_image"]["bytes"][:4] == b"\x89PNG"
+    # the rejected image is a reference to the distorted row (its recipe): export and train rebuild the pixels
+    assert horse["rejected_image"] is None
+    distorted = {d["id"]: d for d in read(contrast_data, "distorted")}
+    items = {i["id"]: i for i in read(contrast_data, "items")}
+    rebuilt = rejected_images(items[horse["item_id"]], distorted[horse["rejected_id"]])
+    assert rebuilt[0]["bytes"][:4] == b"\x89PNG"
     assert horse["changed_area"] > 0.9 and 0.05 < horse["image_diff"] < 0.5
     assert ("A brown horse in a field.", LN) in by  # the answer names the noised horse
     assert 0.3 < by[("A brown horse in a field.", LN)]["changed_area"] < 0.6

@@ -194,7 +194,8 @@ def test_replacement_is_atomic(cli, povid_data, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setitem(conv.JSON_CONVERTERS, "povid", boom)  # in this process: --workers 1
-    r = cli(["export", povid_data, "-o", out, "--format", "povid", "--workers", "1"])
+    # (another --limit: with the same options the unchanged shard would be linked from OUT, not converted)
+    r = cli(["export", povid_data, "-o", out, "--format", "povid", "--workers", "1", "--limit", "21"])
     assert r.exit_code == 1 and "disk full" in r.output and "Traceback" not in r.output
     assert len(json.loads((out / "povid.json").read_text())) == 22
     assert _siblings(out) == []

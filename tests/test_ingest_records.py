@@ -197,7 +197,9 @@ def test_multi_image_items_end_to_end(cli, sample_dir, tmp_path):
 
     r = cli(["distort", data, "--workers", "1"])
     assert r.exit_code == 0, r.output
-    distorted = Dataset.open(str(data)).read_all("distorted").to_pylist()
+    from conftest import materialised
+
+    distorted = materialised(data)
     assert sorted(len(d["extra_images"] or []) for d in distorted) == [0, 1]
     r = cli(["filter", data, "--no-hallucination-check"])
     assert r.exit_code == 0, r.output

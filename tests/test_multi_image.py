@@ -8,6 +8,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import materialised
 from ingest_helpers import image_bytes
 from test_ingest_records import turn
 
@@ -34,7 +35,7 @@ def test_a_multi_image_item_goes_from_ingest_to_one_dpo_step(cli, sample_dir, tm
     assert cli(["hallucinate", data, "-w", "1"]).exit_code == 0
     r = cli(["distort", data, "--size", "56", "-w", "1"])
     assert r.exit_code == 0, r.output
-    multi = next(d for d in read(data, "distorted") if d["extra_images"])
+    multi = next(d for d in materialised(data) if d["extra_images"])  # the pixels rebuilt from the recipe
     assert multi["image_indices"] is None and len(multi["extra_images"]) == 1  # both images distorted, in order
 
     r = cli(["sample", data, "--model", model, "--backend", "transformers", "--n", "1", "--max-tokens", "6",
@@ -64,14 +65,14 @@ def test_a_multi_image_item_goes_from_ingest_to_one_dpo_step(cli, sample_dir, tm
     kinds = {p["kind"] for p in pairs}
     assert {"text", "contrast"} <= kinds, kinds
     contrast = next(p for p in pairs if p["kind"] == "contrast")
-    assert contrast["rejected_image"]["bytes"] == ims[0] and [x["bytes"] for x in contrast["rejected_extra_images"]] \
-        == ims[1:]
+    assert contrast["rejected_id"] == multi["id"]  # the pair refers to the distorted row; export rebuilds its images
 
     out = tmp_path / "trl"
     assert cli(["export", data, "-o", out, "--format", "trl"]).exit_code == 0
     rows = [x for f in out.glob("*.parquet") for x in pq.read_table(f).to_pylist() if x["item_id"] == item["id"]]
     assert all(len(x["images"]) == 2 for x in rows)
-    assert [len(x["rejected_images"]) for x in rows if x["kind"] == "contrast"] == [2]
+    [rejected] = [x["rejected_images"] for x in rows if x["kind"] == "contrast"]
+    assert [x["bytes"] for x in rejected] == ims  # both distorted images, in order, as sample saw them
 
     for i, src in enumerate((data, out)):  # the dataset's pairs and the TRL export both train
         o = tmp_path / f"out{i}"

@@ -13,6 +13,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import materialised
+
 from fake_openai import FakeOpenAI
 
 PROMPTS = ["Describe this image in detail.", "What colour is the shape in the image?", "Is there a dog in the image?"]
@@ -43,7 +45,7 @@ def test_transformers_backend_writes_n_answers_per_variant(family, tiny_vlm, dis
     assert r.exit_code == 0, r.output
     assert "3 sampled" in r.output
     got = rows(distorted_data)
-    distorted = {d["id"]: d for d in pq.read_table(distorted_data / "distorted").to_pylist()}
+    distorted = {d["id"]: d for d in materialised(distorted_data)}
     assert [g["id"] for g in got] == sorted(distorted)  # one row per (item, variant), id = item_id-variant
     for g in got:
         d = distorted[g["id"]]
@@ -87,7 +89,7 @@ def test_logprobs_score_answers_under_the_clean_image(tiny_vlm, distorted_data, 
     # The stored value is the answer's log-prob after the CLEAN image, not after the distorted one:
     # regenerate the same greedy answer and score it under both images.
     items = {i["id"]: i for i in pq.read_table(distorted_data / "items").to_pylist()}
-    dist = {d["id"]: d for d in pq.read_table(distorted_data / "distorted").to_pylist()}
+    dist = {d["id"]: d for d in materialised(distorted_data)}
     backend = load_backend("transformers", model=str(model), sampling=Sampling(n=2, temperature=0, max_tokens=6))
     for g in got:
         item = items[g["item_id"]]

@@ -61,7 +61,9 @@ def test_greedy_vllm_gives_the_same_tokens_as_transformers(family, tiny_vlm, dis
         assert all(math.isfinite(x) and x < 0 for x in v["logprobs"])
     # token for token (the engine the stage loaded is reused: same settings)
     s = Sampling(n=1, temperature=0, max_tokens=12)
-    dist = pq.read_table(distorted_data / "distorted").to_pylist()
+    from conftest import materialised
+
+    dist = materialised(distorted_data, pq.read_table(distorted_data / "distorted").to_pylist())
     reqs = [VLMRequest(p, d["image"]["bytes"]) for p, d in zip(PROMPTS, dist)]
     v_ids = [o.token_ids for o in load_backend("vllm", model=str(model), sampling=s, dtype="float32").generate(reqs)]
     h_ids = [o.token_ids for o in load_backend("transformers", model=str(model), sampling=s, dtype="float32").generate(reqs)]

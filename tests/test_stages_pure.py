@@ -37,7 +37,7 @@ def test_filter_keeps_a_hallucinated_pair_and_drops_an_identical_one():
 
 
 def test_distort_gives_one_image_per_method_and_a_failed_row_for_a_broken_image():
-    stage = DistortStage(DistortConfig(methods=("diffusion", "blur:sigma=2"), size=32))
+    stage = DistortStage(DistortConfig(methods=("diffusion", "blur:sigma=2"), size=32, store="pixels"))
     good = {**ITEM, "image": {"bytes": png_bytes(size=(64, 48)), "path": "a.png"}}
     broken = {**ITEM, "id": "item2", "image": {"bytes": b"not an image", "path": "b.png"}}
     out = stage.process(Batch([good, broken]))

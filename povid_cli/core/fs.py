@@ -111,6 +111,18 @@ class Location:
         elif info.type == pafs.FileType.Directory:
             self.fs.delete_dir(self.path)
 
+    def link_to(self, dest: "Location") -> None:
+        """Make `dest` hold this file's bytes without rewriting them where the storage allows: a hard link on a
+        local disk (a copy across devices), a server-side copy on an object store."""
+        dest.parent().makedirs()
+        if self.is_local and dest.is_local:
+            try:
+                os.link(self.path, dest.path)
+                return
+            except OSError:
+                pass  # another device, or a filesystem without hard links
+        self.fs.copy_file(self.path, dest.path)
+
     def parent(self) -> "Location":
         mod = os.path if self.is_local else posixpath
         return Location(self.fs, mod.dirname(self.path), mod.dirname(self.url))
@@ -162,6 +174,26 @@ class Location:
             if not groups:
                 return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
             return pf.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+
+    def read_parquet_take(self, indices: list[int], columns: list[str] | None = None) -> pa.Table:
+        """The rows at `indices` (in that order), reading only the row groups that hold them."""
+        with self.fs.open_input_file(self.path) as f:
+            pf = pq.ParquetFile(f)
+            md = pf.metadata
+            starts, at = [], 0
+            for g in range(md.num_row_groups):
+                starts.append(at)
+                at += md.row_group(g).num_rows
+            import bisect
+
+            groups = sorted({bisect.bisect_right(starts, i) - 1 for i in indices})
+            if not groups:
+                return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
+            table = pf.read_row_groups(groups, columns=columns)
+            offset = {g: sum(md.row_group(h).num_rows for h in groups[: n]) for n, g in enumerate(groups)}
+            local = [offset[bisect.bisect_right(starts, i) - 1] + i - starts[bisect.bisect_right(starts, i) - 1]
+                     for i in indices]
+            return table.take(local)
 
     def parquet_metadata(self) -> dict[str, str]:
         with self.fs.open_input_file(self.path) as f:

@@ -87,6 +87,9 @@ DISTORTED = pa.schema([
     ("extra_images", IMAGES),            # multi-image items: the other distorted images, in order, else null
     ("image_indices", pa.list_(pa.int32())),  # which item images `image` + `extra_images` stand for (null: all,
                                          # in order: a one-image item, or every image of a multi-image one)
+    ("recipe", pa.string()),             # JSON: the distort options that rebuild the images from the item's
+    ("sha256", pa.list_(pa.string())),   # ... and their checksums (image, then extra_images): with
+                                         # `--store recipe` (default) the image bytes are null: stages/distort_recipe.py
 ])
 
 SAMPLED = pa.schema([

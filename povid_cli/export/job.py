@@ -5,12 +5,17 @@ calls (it skips the export when the pairs and options did not change since the l
 plans from light columns (kind, rejected), the workers convert one source shard each
 (povid_cli/export/tasks.py) into a temporary sibling of OUT, and OUT is replaced only by a complete
 export (povid_cli/export/swap.py).
+
+Incremental: the marker of an export (`povid-export.json`) records, per source shard, a key of what its files
+were made from (the shard's lineage key and the options) and the files. The next export links the files of
+every shard whose key is unchanged and converts only the others, so a refresh that adds a few shards
+writes about what is new; it still builds a complete new version and swaps it in.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from povid_cli.core.errors import PovidError, UsageError
 from povid_cli.core.executors import InlineExecutor
@@ -60,6 +65,25 @@ def _plan(ds: Dataset, source: str, kind: str, limit: int | None, kinds_seen: se
     return out
 
 
+def shard_keys(ds: Dataset, source: str):
+    """task -> what its shard's export files are made from: the shard's lineage key (which chains its inputs')
+    and every option of the task."""
+    lineages = [ds.lineage(source).committed]
+    if source == "items" and ds.has("given"):  # before filter: the given pairs come from two outputs
+        lineages.append(ds.lineage("given").committed)
+    return lambda t: digest(__version__, t.fmt, t.kind, t.take, t.weights, t.contrast, source, t.k,
+                            [lin.get(t.k) for lin in lineages])
+
+
+def previous_shards(target) -> dict[str, dict]:
+    """The per-shard records of the export at OUT ({} when there is none, or it predates them)."""
+    marker = target.join(MARKER)
+    try:
+        return dict(marker.read_json().get("shards") or {}) if marker.exists() else {}
+    except (OSError, ValueError):
+        return {}  # an unreadable marker: convert everything
+
+
 def weight_bounds(ds: Dataset) -> tuple[float, float] | None:
     """(min, max) of `weight_score` (filter --weight-by) over every pair of DATA, whatever --kind or --limit
     the export takes, so a pair's weight does not depend on the export's options; None: pairs have no scores.
@@ -104,16 +128,26 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
     tmp = new_version(target)
     tmp.makedirs()
     contrast = "contrast" in kinds_seen  # every trl file of the export gets `rejected_images` then
-    tasks = [T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take, weights, contrast)
-             for i, (k, take) in enumerate(plan)]
+    previous = previous_shards(target)
+    tasks, keys, key_of = [], {}, shard_keys(ds, source)
+    for i, (k, take) in enumerate(plan):
+        task = T.ConvertTask(ds.root.url, tmp.url, fmt, source, k, i, kind, take, weights, contrast)
+        task = replace(task, key=key_of(task))
+        keys[k] = task.key
+        old = previous.get(str(k))
+        tasks.append(T.ReuseTask(target.url, tmp.url, k, i, old, task) if old and old.get("key") == task.key
+                     else task)
     task_id = progress.add_task("export", total=len(tasks)) if progress is not None else None
-    counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}, "skipped": 0}
+    counts = {"rows": 0, "pairs": 0, "images": 0, "files": [], "kinds": {}, "skipped": 0, "reused": 0}
+    shards: dict[str, dict] = {}
 
     def done(task, res: T.ConvertResult):
         if isinstance(task, T.AssembleTask):
             counts.update(rows=res.rows, images=res.images, files=res.files)
             return None
+        shards[str(task.k)] = res.record(keys[task.k])
         counts["pairs"] += res.pairs
+        counts["reused"] += res.reused
         counts["skipped"] += res.skipped
         counts["rows"] += res.rows
         counts["files"] += res.files
@@ -123,7 +157,7 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
             progress.advance(task_id)
         converted.append(task.index)
         if fmt != "trl" and len(converted) == len(tasks):
-            return [T.AssembleTask(tmp.url, fmt, tuple(range(len(tasks))))]
+            return [T.AssembleTask(tmp.url, fmt, tuple(k for k, _ in plan))]
         return None
 
     converted: list[int] = []
@@ -132,12 +166,13 @@ def export_dataset(ds: Dataset, out: str, fmt: str, *, kind: str = "all", limit:
         counts["files"] = sorted(counts["files"]) if fmt == "trl" else counts["files"]
         summary = {"format": fmt, "path": target.url, "kind": kind, "rows": counts["rows"], "pairs": counts["pairs"],
                    "kinds": counts["kinds"], "images": counts["images"], "source": source, "limit": limit,
-                   "files": counts["files"], "time": now_iso(), "dataset": ds.root.url, "povid_version": __version__}
+                   "files": counts["files"], "time": now_iso(), "dataset": ds.root.url, "povid_version": __version__,
+                   "reused_shards": counts["reused"], "converted_shards": len(tasks) - counts["reused"]}
         if counts["skipped"]:  # contrast pairs a format without a rejected image cannot hold
             summary["skipped"] = {"contrast": counts["skipped"]}
         if weights is not None:  # the bounds every weight was scaled by (stages/weights.py)
             summary["weights"] = {"score_min": weights[0], "score_max": weights[1], "floor": FLOOR}
-        tmp.join(MARKER).write_json_atomic(summary)
+        tmp.join(MARKER).write_json_atomic({**summary, "shards": shards})
         swap_in(tmp, target)
     except BaseException:
         if tmp.exists():

@@ -27,6 +27,7 @@ from povid_cli.core.shard_task import run as run_merge
 from povid_cli.core.stage import pair_id
 from povid_cli.core.store import FORMAT_VERSION, Dataset, digest, now_iso
 from povid_cli.ingest import tasks as T
+from povid_cli.ingest.file_cache import FileCache, stat
 from povid_cli.ingest.accounting import IngestRun, Tally, record_failure, save_accounting, write_failures
 from povid_cli.ingest.normalise import IngestConfig, item_id
 from povid_cli.ingest.record import SKIP_REASONS, Record
@@ -98,7 +99,7 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
                 records.append(rec)
     del docs
     try:
-        shas = _hash(records, executor, progress)
+        shas = _hash(ds, records, executor, progress)
         new, members, late = _plan(run, records, shas, where, pair_ids)
         taken = list(new.values())
         if limit is not None:
@@ -123,20 +124,34 @@ def ingest(ds: Dataset, sources: list[str], config: IngestConfig, executor, *, l
     return run
 
 
-def _hash(records: list[Record], executor, progress) -> dict[tuple, tuple[str | None, str | None]]:
-    """ref -> (sha256, error) for every distinct image of the records, computed by the workers."""
-    refs = list(dict.fromkeys(r for rec in records for r in rec.images))
+def _hash(ds: Dataset, records: list[Record], executor, progress) -> dict[tuple, tuple[str | None, str | None]]:
+    """ref -> (sha256, error) for every distinct image of the records, computed by the workers; a local file
+    unchanged since an earlier run (same size and mtime: ingest/file_cache.py) is not read again."""
+    cache = FileCache(ds)
     out: dict = {}
+    stats: dict[tuple, tuple[int, int] | None] = {}
+    refs = []
+    for ref in dict.fromkeys(r for rec in records for r in rec.images):
+        if ref[0] == "file":
+            stats[ref] = stat(ref[1])
+            sha = cache.get(ref[1], stats[ref])
+            if sha is not None:
+                out[ref] = (sha, None)
+                continue
+        refs.append(ref)
     tasks = [T.HashTask(tuple(refs[a : a + HASH_BATCH])) for a in range(0, len(refs), HASH_BATCH)]
     task_id = progress.add_task("hash", total=len(refs)) if progress is not None and refs else None
 
     def done(task, result):
         for ref, sha, err in result:
             out[ref] = (sha, err)
+            if sha is not None and ref in stats:
+                cache.put(ref[1], stats[ref], sha)
         if task_id is not None:
             progress.advance(task_id, len(result))
 
     run_tasks(executor, _work, tasks, done)
+    cache.save()
     return out
 
 

@@ -66,8 +66,8 @@ def side_by_side_for_item(data: str, item_id: str, out: str | Path | None = None
     from povid_cli.core.store import Dataset
 
     ds = Dataset.open(data)
-    items = ds.read_all("items", columns=["id", "image"])
-    dist = ds.read_all("distorted", columns=["item_id", "variant", "image"])
+    items = ds.read_all("items")
+    dist = ds.read_all("distorted")
     if items is None or dist is None:
         raise PovidError(f"{data} needs items and distorted (run `povid distort {data}` first)")
     item = items.filter(pc.equal(items["id"], item_id)).to_pylist()
@@ -78,4 +78,7 @@ def side_by_side_for_item(data: str, item_id: str, out: str | Path | None = None
         rows = [r for v in variants for r in rows if r["variant"] == v]
     if not rows:
         raise PovidError(f"item {item_id!r} has no distorted image" + (f" for {variants}" if variants else ""))
+    from stages.distort_recipe import materialise
+
+    rows = [materialise(item[0], r) for r in rows]  # distorted images kept as recipes are rebuilt here
     return side_by_side(item[0]["image"]["bytes"], [(r["image"]["bytes"], r["variant"]) for r in rows], out)

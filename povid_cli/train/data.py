@@ -53,13 +53,14 @@ def read_pairs(path: str, extra: tuple[str, ...] = (), weight_column: str | None
         from povid_cli.core.store import Dataset
 
         from povid_cli.core.items import attach_images
+        from stages import contrast
 
         ds = Dataset.open(path)
         table = ds.read_all("pairs")
         if table is None:
             raise PovidError(f"{root.url} has no pairs yet: run `povid filter {path}` (or `povid synth`) first")
         raw = [r for k in ds.committed_shards("pairs")  # the images live in items (stored once)
-               for r in attach_images(ds, k, ds.read_shard("pairs", k).to_pylist())]
+               for r in attach_images(ds, k, ds.read_shard("pairs", k).to_pylist(), rebuild=contrast.rejected_images)]
         rows = [_keep(_from_povid(r), r, extra) for r in raw]
         if weight_column:
             _set_weights(rows, _povid_weights(ds, table, raw, weight_column), weight_column, root.url)
