@@ -121,7 +121,6 @@ def _diffusion(rgb: np.ndarray, p: dict, seed: int) -> np.ndarray:
 def _local_noise(rgb: np.ndarray, p: dict, seed: int, boxes: list) -> np.ndarray:
     """`diffusion` inside the padded boxes, the clean pixels everywhere else (byte for byte). The noise is the
     image's own diffusion draw (same seed), so inside the boxes the pixels equal `diffusion`'s at the same t."""
-    import numpy as np
 
     from stages.regions import box_mask
 

@@ -10,7 +10,6 @@ Each test reproduces a case an attack run found against the first version and sh
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,6 @@ from povid_cli.core.schemas import HALLUCINATED
 from povid_cli.core.stage import Batch
 from povid_cli.core.store import Dataset
 from stages.filter import FilterConfig, FilterStage
-from stages.hallucinate_rules import hallucinate
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "POVID_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}

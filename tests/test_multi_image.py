@@ -9,7 +9,6 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from conftest import materialised
-from ingest_helpers import image_bytes
 from test_ingest_records import turn
 
 from povid_cli.core.store import Dataset

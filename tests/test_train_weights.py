@@ -8,7 +8,7 @@ import math
 
 import pyarrow as pa
 import pytest
-from test_train import FAST, make_pairs, make_trl_parquet, metrics, pair_rows, run_ok, series
+from test_train import FAST, make_pairs, metrics, pair_rows, run_ok, series
 
 pytestmark = pytest.mark.train
 

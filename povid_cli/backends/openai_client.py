@@ -30,7 +30,6 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from povid_cli.core.errors import PovidError, RowError

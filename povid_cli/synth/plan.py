@@ -38,7 +38,6 @@ FLAG_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "distort": ("distort", ("methods", "method")),
     "kinds": ("filter", ("kinds",)),
     "image_root": ("ingest", ("image_root",)),
-    "kinds": ("filter", ("kinds",)),
 }
 API_BASE_FIELDS = ("api_base", "api.api_base")
 
