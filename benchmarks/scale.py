@@ -84,10 +84,13 @@ def tree_bytes(path: Path, skip: tuple[str, ...] = ()) -> int:
     return total
 
 
-def synth(src: Path, data: Path, workers: int) -> tuple[float, int]:
-    """(wall seconds, peak RSS of the process tree in bytes) of `povid synth SRC -o DATA`."""
+def synth(src: Path, data: Path, workers: int) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS of the process tree in bytes, CPU seconds of the tree) of `povid synth SRC -o DATA`."""
+    import resource
+
     import psutil
 
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, POVID_NO_PROGRESS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "povid_cli", "synth", str(src), "-o", str(data), "--workers", str(workers)]
     t0 = time.perf_counter()
@@ -104,16 +107,29 @@ def synth(src: Path, data: Path, workers: int) -> tuple[float, int]:
     out = proc.stdout.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"povid synth failed (exit {proc.returncode}):\n{out[-2000:]}")
-    return wall, peak
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers' time rolls up through synth into it
+    return wall, peak, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+
+
+def stage_seconds(data: Path) -> dict[str, float]:
+    """Wall seconds x workers of each stage's first run (the manifest's record): core-seconds it held."""
+    m = json.loads((data / "manifest.json").read_text())
+    out = {}
+    for name, rec in m.get("stages", {}).items():
+        run = (rec.get("runs") or [{}])[0]
+        out[name] = run.get("seconds", 0.0) * (run.get("workers") or 1)
+    return out
 
 
 def one_size(root: Path, n: int, new: int, workers: int) -> dict:
     src, data = root / f"src-{n}", root / f"data-{n}"
     records = make_photos(src, 0, n)
     src_json = write_source(src, records)
-    full_s, peak = synth(src_json, data, workers)
+    full_s, peak, cpu = synth(src_json, data, workers)
+    stages = stage_seconds(data)
     source_bytes = tree_bytes(src)
     data_bytes = tree_bytes(data, skip=("export",))
+    export_bytes = tree_bytes(data / "export")  # the trl export: self-contained, every pair with its images
     noop = min(synth(src_json, data, workers)[0] for _ in range(2))
     add = max(new, math.ceil(n / 100))
     refresh = []
@@ -123,7 +139,8 @@ def one_size(root: Path, n: int, new: int, workers: int) -> dict:
     return {"items": n, "items_per_s": round(n / full_s, 2), "full_seconds": round(full_s, 1),
             "peak_rss_mb": round(peak / 2**20, 1), "source_mb": round(source_bytes / 2**20, 2),
             "data_mb": round(data_bytes / 2**20, 2), "data_over_source": round(data_bytes / source_bytes, 2),
-            "data_kb_per_item": round(data_bytes / n / 1024, 1),
+            "data_kb_per_item": round(data_bytes / n / 1024, 1), "export_mb": round(export_bytes / 2**20, 2), "cpu_s_per_item": round(cpu / n, 4),
+            "stage_core_s_per_item": {k: round(v / n, 4) for k, v in stages.items()},
             "refresh_new_items": add, "refresh_seconds": round(min(refresh), 2), "noop_seconds": round(noop, 2)}
 
 
@@ -152,7 +169,8 @@ def filter_alone(root: Path, n: int) -> dict:
     for k in range(0, n, shard):
         items, given = [], []
         for i in range(k, min(n, k + shard)):
-            chosen = f"{answers[i % len(answers)]} " + " ".join(rng.choice(words) for _ in range(12)) + f" ({i})."
+            # 40 words drawn from the sample answers' vocabulary: distinct texts, as captions of different photos are
+            chosen = f"Picture {i} shows a " + " ".join(rng.choice(words) for _ in range(40)) + "."
             rejected = chosen.replace(" a ", " a red ", 1) + " There is also a " + rng.choice(words) + " nearby."
             iid = item_id(sha, f"Describe picture {i}.")
             items.append({"id": iid, "image": {"bytes": png, "path": None}, "image_sha256": sha, "width": 8, "height": 8,
@@ -160,8 +178,14 @@ def filter_alone(root: Path, n: int) -> dict:
                           "source": "bench", "source_id": str(i), "turn": 0})
             given.append({"id": pair_id(iid, "text", None, rejected), "item_id": iid, "rejected": rejected,
                           "source": "bench", "source_id": str(i)})
-        ds.commit_shard("ingest", "items", k // shard, pa.Table.from_pylist(items, schema=ITEMS), digest(k, "items"))
-        ds.commit_shard("ingest", "given", k // shard, pa.Table.from_pylist(given, schema=GIVEN), digest(k, "given"))
+        keys = {"items": digest(k, "items"), "given": digest(k, "given")}
+        ds.write_shard("items", k // shard, pa.Table.from_pylist(items, schema=ITEMS), keys["items"])
+        ds.write_shard("given", k // shard, pa.Table.from_pylist(given, schema=GIVEN), keys["given"])
+        rec = ds.stage_record("ingest")  # both outputs of one shard under one record, as ingest commits them
+        rec["writes"] = ["given"]
+        rec.setdefault("shards", {})[f"{k // shard:05d}"] = {"key": keys["items"], "keys": keys, "inputs": {},
+                                                              "rows": {"items": len(items), "given": len(given)}}
+    ds.save_manifest()
     cfg = FilterConfig(text_hallucination=False, min_similarity=0.0)
     t0 = time.perf_counter()
     run = run_stage(ds, FilterStage(cfg))
@@ -173,7 +197,7 @@ def filter_alone(root: Path, n: int) -> dict:
         stage.observe({"dedup": ds.read_shard("dedup", k).to_pylist()})
     kept = run.rows_out.get("pairs", 0)
     return {"pairs": n, "kept": kept, "seconds": round(seconds, 1), "pairs_per_s": round(n / seconds, 1),
-            "dedup_index_bytes": index.nbytes(), "dedup_bytes_per_kept_pair": round(index.nbytes() / max(kept, 1), 1),
+            "dedup_index_bytes": index.nbytes, "dedup_bytes_per_kept_pair": round(index.nbytes / max(kept, 1), 1),
             "target_bytes_per_pair_max": 1024}
 
 

@@ -8,10 +8,11 @@ LSH to find candidates; a candidate is a near duplicate when the estimated Jacca
 the threshold. Hashes are stable across processes (blake2b, fixed seed), so decisions do not depend on
 which run saw which shard.
 
-Memory is about 0.9 KB per kept text, in flat numpy arrays: its signature (128 x uint32), its 32 band
-hashes and its exact-text hash (uint64 each, with the row they point to) and its key (16 bytes). New
-entries go to a small dict first and are merged into the sorted arrays in geometric steps, so adding
-is amortised O(log n) and no Python object is kept per entry.
+Memory is about 0.95 KB per kept text, in flat numpy arrays: its signature (128 x uint32), its 32 band
+hashes and its exact-text hash (uint64 each, with the int32 row they point to) and its key (32 bytes),
+plus at most a quarter of that as room to grow. New entries go to a small dict (a bounded 4,096) and then
+into sorted runs merged like a binary counter, so adding is amortised O(log n) and no Python object is
+kept per entry.
 """
 
 from __future__ import annotations
@@ -50,36 +51,54 @@ class Entry:
 
 
 class _U64Multimap:
-    """uint64 -> row numbers: sorted numpy arrays plus a small dict of recent additions."""
+    """uint64 -> row numbers, 12 bytes an entry: sorted numpy runs (merged like a binary counter, so there are
+    about log2(n / PENDING) of them and adding is amortised O(log n)) plus a small dict of recent additions."""
+
+    PENDING = 4096  # entries kept in the dict (~120 bytes each) before they become a sorted run
 
     def __init__(self):
-        self.keys = np.zeros(0, dtype=np.uint64)
-        self.rows = np.zeros(0, dtype=np.int32)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (keys uint64, rows int32), sorted by key then row
         self.pending: dict[int, list[int]] = {}
         self.n_pending = 0
 
     def get(self, key: int) -> list[int]:
-        lo = np.searchsorted(self.keys, np.uint64(key), "left")
-        hi = np.searchsorted(self.keys, np.uint64(key), "right")
-        return self.rows[lo:hi].tolist() + self.pending.get(key, [])
+        return self.get_many(np.array([key], dtype=np.uint64))
+
+    def get_many(self, keys: np.ndarray) -> list[int]:
+        """Every row stored under any of `keys` (uint64 array)."""
+        out: list[int] = []
+        for run_keys, rows in self.runs:
+            lo, hi = np.searchsorted(run_keys, keys, "left"), np.searchsorted(run_keys, keys, "right")
+            for a, b in zip(lo[hi > lo].tolist(), hi[hi > lo].tolist()):
+                out += rows[a:b].tolist()
+        if self.pending:
+            for k in keys.tolist():
+                out += self.pending.get(k, [])
+        return out
 
     def add(self, key: int, row: int) -> None:
         self.pending.setdefault(key, []).append(row)
         self.n_pending += 1
-        if self.n_pending > max(4096, len(self.keys) // 8):
-            self._merge()
+        if self.n_pending >= self.PENDING:
+            self._flush()
 
-    def _merge(self) -> None:
+    def _flush(self) -> None:
         ks = np.fromiter((k for k, rs in self.pending.items() for _ in rs), dtype=np.uint64, count=self.n_pending)
         rs = np.fromiter((r for v in self.pending.values() for r in v), dtype=np.int32, count=self.n_pending)
-        keys, rows = np.concatenate([self.keys, ks]), np.concatenate([self.rows, rs])
-        order = np.lexsort((rows, keys))  # by key, then row: the earliest row first
-        self.keys, self.rows = keys[order], rows[order]
         self.pending, self.n_pending = {}, 0
+        self.runs.append(_sorted(ks, rs))
+        while len(self.runs) > 1 and len(self.runs[-1][0]) * 2 >= len(self.runs[-2][0]):
+            (k2, r2), (k1, r1) = self.runs.pop(), self.runs.pop()
+            self.runs.append(_sorted(np.concatenate([k1, k2]), np.concatenate([r1, r2])))
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.rows.nbytes + 120 * self.n_pending
+        return sum(k.nbytes + r.nbytes for k, r in self.runs) + 120 * self.n_pending
+
+
+def _sorted(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((rows, keys))  # by key, then row: the earliest row first
+    return keys[order], rows[order]
 
 
 class DedupIndex:
@@ -94,7 +113,7 @@ class DedupIndex:
         self._b = rng.randint(0, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
         self.exact = _U64Multimap()  # exact-text hash -> row
         self.buckets = _U64Multimap()  # band hash -> rows
-        self._sigs = np.zeros((64, num_perm), dtype=np.uint32)  # row i: signature of key i; grows by doubling
+        self._sigs = np.zeros((64, num_perm), dtype=np.uint32)  # row i: signature of key i
         self._keys = np.zeros(64, dtype="S32")
         self.n = 0
 
@@ -108,7 +127,7 @@ class DedupIndex:
     @property
     def nbytes(self) -> int:
         """Memory held for the entries (for the benchmark's bytes-per-pair figure)."""
-        return self._sigs[: self.n].nbytes + self._keys[: self.n].nbytes + self.exact.nbytes + self.buckets.nbytes
+        return self._sigs.nbytes + self._keys.nbytes + self.exact.nbytes + self.buckets.nbytes  # allocated, slack too
 
     def signature(self, text: str) -> np.ndarray:
         ws = normalise(text).split()
@@ -122,7 +141,7 @@ class DedupIndex:
     def exact_hash(self, text: str, scope: str) -> int:
         return _h64(f"{scope}\0{normalise(text)}")
 
-    def _band_hashes(self, sig: np.ndarray, scope: str) -> list[int]:
+    def _band_hashes(self, sig: np.ndarray, scope: str) -> np.ndarray:
         """One 64-bit hash per LSH band (scope, band number and its values mixed, vectorised). A collision
         only adds a candidate, which the signature comparison then rejects."""
         v = sig.reshape(self.bands, self.rows).astype(np.uint64)
@@ -131,7 +150,7 @@ class DedupIndex:
             for j in range(self.rows):
                 h = (h ^ v[:, j]) * _MIX2
                 h ^= h >> np.uint64(29)
-        return h.tolist()
+        return h
 
     def check(self, text: str, scope: str = "") -> tuple[Match | None, np.ndarray | None]:
         """(match or None, signature to pass to `add`)."""
@@ -141,9 +160,7 @@ class DedupIndex:
         if not self.near:
             return None, None
         sig = self.signature(text)
-        cands: set[int] = set()
-        for bh in self._band_hashes(sig, scope):
-            cands.update(self.buckets.get(bh))
+        cands = set(self.buckets.get_many(self._band_hashes(sig, scope)))
         if cands:
             idx = np.array(sorted(cands), dtype=np.int64)  # ties go to the earliest pair
             sims = (self._sigs[idx] == sig).mean(axis=1)
@@ -162,16 +179,17 @@ class DedupIndex:
     def load(self, entry: Entry) -> None:
         """Add an entry made by `add` (in this run or stored by an earlier one)."""
         row = self.n
-        if row == len(self._keys):
-            self._keys = np.concatenate([self._keys, np.zeros_like(self._keys)])
+        if row == len(self._keys):  # grow by a quarter: amortised O(1), at most 25% unused
+            more = max(64, len(self._keys) // 4)
+            self._keys = np.concatenate([self._keys, np.zeros(more, dtype=self._keys.dtype)])
             if self.near:
-                self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
+                self._sigs = np.concatenate([self._sigs, np.zeros((more, self.num_perm), dtype=np.uint32)])
         self._keys[row] = entry.key.encode()
         self.n += 1
         self.exact.add(entry.exact, row)
         if self.near and entry.signature is not None:
             self._sigs[row] = entry.signature
-            for bh in self._band_hashes(entry.signature, entry.scope):
+            for bh in self._band_hashes(entry.signature, entry.scope).tolist():
                 self.buckets.add(bh, row)
 
     def _key(self, row: int) -> str:

@@ -56,6 +56,7 @@ def test_trl_export_links_unchanged_shards_and_converts_new_ones(grow, cli, tmp_
     assert r.exit_code == 0, r.output
     second = marker(out)
     assert (second["reused_shards"], second["converted_shards"]) == (1, 1)
+    assert "1 shard(s) converted, 1 unchanged (linked)" in r.output
     assert second["files"] == ["train-00000.parquet", "train-00001.parquet"]
     assert os.stat(out / "train-00000.parquet").st_ino == inode  # the same file, not a rewrite
     assert second["pairs"] == 2 * first["pairs"]

@@ -36,7 +36,7 @@ def povid(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def slow_filter_data(make_items, path: Path, n: int = 12, repeat: int = 2500) -> Path:
+def slow_filter_data(make_items, path: Path, n: int = 20, repeat: int = 2500) -> Path:
     """Items with long answers (~85 KB) and a rules hallucination each, in shards of 2: filter takes seconds."""
     items = [{"prompt": f"Describe image {i}.", "chosen": f"Photo {i}. " + SENTENCE * repeat, "objects": ["person", "car"]}
              for i in range(n)]

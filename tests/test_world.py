@@ -155,3 +155,4 @@ def test_world_loop_cuts_the_trigger_hallucination(tmp_path):
     assert before["chair_s"] >= 0.5, res  # the world makes the model hallucinate ...
     assert after["chair_s"] <= before["chair_s"] - 0.3, res  # ... and povid's pairs cut it
     assert res["after"]["ordinary"]["recall"] >= 0.8, res  # without the model going quiet
+    assert res["config"]["eval"] == "povid"  # the figures come from `povid eval --subset`

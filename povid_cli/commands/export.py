@@ -58,7 +58,10 @@ def export_cmd(
         s = run_export(data, output, fmt.lower(), kind=kind.lower(), limit=limit, workers=workers, progress=progress)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s["kinds"].items()))
     what = f"{s['rows']} rows" + (f" ({s['images']} images)" if s["images"] else "")
-    console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"))
+    shards = f"; {s['converted_shards']} shard(s) converted, {s['reused_shards']} unchanged (linked)" \
+        if s.get("reused_shards") else ""
+    console.print(escape(f"export: {s['pairs']} pairs from {s['source']} ({kinds}) -> {what}, format {s['format']}"
+                         + shards))
     if s.get("skipped"):
         console.print(escape(f"skipped {s['skipped']['contrast']} contrast pair(s): {s['format']} has no place for the "
                              "rejected image (--format trl keeps them as `rejected_images`)"))
