@@ -17,8 +17,9 @@ import re
 from povid_cli.backends.openai_client import ChatRequest, ChatResponse, is_refusal, usage_of
 from povid_cli.core.errors import RowError
 from povid_cli.core.schemas import item_images
-from povid_cli.core.templates import prompt_hash, render
+from povid_cli.core.templates import render
 
+from stages.chat_step import ChatStep
 from stages.correct_rules import absent_objects
 from stages.textsim import opcodes
 
@@ -27,25 +28,14 @@ PROMPTS = ("correct_answer",)
 NOTHING_LEFT = "NONE"
 
 
-class LLMCorrector:
+class LLMCorrector(ChatStep):
     """Asks a chat LLM (or VLM, with send_image) for a minimal correction of each answer (one request each)."""
 
     prompts = PROMPTS
-    batch_size = None  # one process, many requests in flight: the whole shard goes to the async client
-    max_workers = 1
-    uses_api = True
 
     def __init__(self, config):
-        from povid_cli.backends import registry
-
-        self.config = config
-        self.model = config.model or DEFAULT_MODEL
-        self.client_cls = registry.load("llm", config.backend)
-        self.client = None
-        self.version = "correct@" + "+".join(prompt_hash(p)[:8] for p in PROMPTS)
-
-    def setup(self) -> None:
-        self.client = self.client_cls(self.config.api, self.model)
+        super().__init__(config, DEFAULT_MODEL)
+        self.version = self.prompts_version("correct")
 
     def correct(self, jobs: list[dict]) -> tuple[list, dict]:
         """Per job ({item, original, truth}): (corrected, changes) or a RowError; and the usage."""

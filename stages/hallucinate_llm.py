@@ -16,8 +16,9 @@ import re
 from povid_cli.backends.openai_client import ChatRequest, ChatResponse, is_refusal, usage_of
 from povid_cli.core.errors import RowError
 from povid_cli.core.schemas import item_images
-from povid_cli.core.templates import load_prompt, prompt_hash, render
+from povid_cli.core.templates import load_prompt, render
 
+from stages.chat_step import ChatStep
 from stages.hallucinate_rules import mentions
 from stages.textsim import opcodes
 from stages.rules_words import COLORS, NUMBERS, POSITION, RELATIONS, SIZE_STATE
@@ -27,26 +28,14 @@ DEFAULT_MODEL = "gpt-4o-mini"
 PROMPTS = ("hallucinate_caption", "hallucinate_reasoning", "hallucinate_format")
 
 
-class LLMHallucinator:
+class LLMHallucinator(ChatStep):
     """Asks a chat LLM to rewrite each answer with a few hallucinations (one request per item, n choices)."""
 
     prompts = PROMPTS
-    batch_size = None  # one process, many requests in flight: the whole shard goes to the async client
-    max_workers = 1
-    uses_api = True
 
     def __init__(self, config):
-        from povid_cli.backends import registry
-
-        self.config = config
-        self.model = config.model or DEFAULT_MODEL
-        self.client_cls = registry.load("llm", config.backend)
-        self.client = None
-        h = "+".join(prompt_hash(p)[:8] for p in PROMPTS)
-        self.version = f"hallucinate@{h}" + ("+json" if config.structured else "")
-
-    def setup(self) -> None:
-        self.client = self.client_cls(self.config.api, self.model)
+        super().__init__(config, DEFAULT_MODEL)
+        self.version = self.prompts_version("hallucinate") + ("+json" if config.structured else "")
 
     def rewrite(self, rows: list[dict]):
         """Per row: a list of (rejected, edits) or RowError (one per choice); and the usage."""

@@ -3,13 +3,12 @@ items (every image, or `--image-index`)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+
+from test_distort import pixels, read
 
 from stages.distort import decode, pad_square, resize_short_side
 from stages.regions import box_mask, follow_boxes
@@ -18,18 +17,6 @@ SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample"
 HORSE = (SAMPLE / "images" / "horse.png").read_bytes()  # 400 x 328
 ROCKET = (SAMPLE / "images" / "rocket.jpg").read_bytes()
 BOXES = [{"label": "horse", "bbox": [60.0, 40.0, 150.0, 120.0]}, {"label": "fence", "bbox": [300.0, 250.0, 60.0, 30.0]}]
-
-
-def read(data, output="distorted"):
-    if output == "distorted":  # recipes by default: rebuilt, as sample and export do
-        from conftest import materialised
-
-        return materialised(data, pq.read_table(data / output).to_pylist())
-    return pq.read_table(data / output).to_pylist()
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def test_local_noise_changes_the_boxes_and_leaves_every_other_pixel_alone(make_items, cli):
