@@ -8,13 +8,12 @@ hand, since .venv-vllm has no peft).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from test_eval import write_world
-from vllm_serve import VLLM_ENV
+from vllm_serve import in_process_vllm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -25,18 +24,8 @@ SMALL = ["--n-images", "3", "--max-tokens", "8", "--pope-max-tokens", "3", "--po
 @pytest.fixture(scope="module", autouse=True)
 def vllm_env(tmp_path_factory):
     pytest.importorskip("vllm")
-    old = {k: os.environ.get(k) for k in [*VLLM_ENV, "VLLM_CACHE_ROOT"]}
-    os.environ.update(VLLM_ENV)
-    os.environ["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
-    yield
-    from povid_cli.backends.vlm_vllm import release_engine
-
-    release_engine()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with in_process_vllm(tmp_path_factory.mktemp("vllm-cache")):
+        yield
 
 
 def handmade_adapter(model_dir: Path, out: Path, merged: Path, r: int = 8, alpha: int = 16) -> Path:

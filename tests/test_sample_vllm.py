@@ -7,14 +7,13 @@ transformers (both in this venv), and `vllm serve` must answer the openai backen
 from __future__ import annotations
 
 import math
-import os
 import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 from test_sample import PROMPTS, distorted_data, rows  # noqa: F401 - distorted_data is a fixture
-from vllm_serve import VLLM_ENV
+from vllm_serve import in_process_vllm
 
 pytestmark = pytest.mark.vllm
 
@@ -22,18 +21,8 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module", autouse=True)
 def vllm_env(tmp_path_factory):
     pytest.importorskip("vllm")
-    old = {k: os.environ.get(k) for k in [*VLLM_ENV, "VLLM_CACHE_ROOT"]}
-    os.environ.update(VLLM_ENV)
-    os.environ["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
-    yield
-    from povid_cli.backends.vlm_vllm import release_engine
-
-    release_engine()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with in_process_vllm(tmp_path_factory.mktemp("vllm-cache")):
+        yield
 
 
 def sample(cli, data, model, backend, *extra):

@@ -23,6 +23,26 @@ VLLM_ENV = {
 }
 
 
+@contextlib.contextmanager
+def in_process_vllm(cache_dir):
+    """VLLM_ENV set around tests that run vLLM in this process; then the engine released, the environment
+    restored."""
+    old = {k: os.environ.get(k) for k in [*VLLM_ENV, "VLLM_CACHE_ROOT"]}
+    os.environ.update(VLLM_ENV)
+    os.environ["VLLM_CACHE_ROOT"] = str(cache_dir)
+    try:
+        yield
+    finally:
+        from povid_cli.backends.vlm_vllm import release_engine
+
+        release_engine()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -88,18 +88,26 @@ class Location:
         else:
             self.fs.move(tmp.path, self.path)
 
-    def write_bytes_atomic(self, data: bytes) -> None:
+    def _write_atomic(self, write) -> None:
+        """write(tmp) makes a temporary sibling, synced to disk locally, then renamed over this path: a reader
+        sees the old file or the new one, never part of it; a failure leaves neither the temporary nor a change."""
         self.parent().makedirs()
         tmp = self._tmp_sibling()
         try:
-            with self.fs.open_output_stream(tmp.path) as f:
-                f.write(data)
+            write(tmp)
             if self.is_local:
                 _fsync(tmp.path)
             self._commit(tmp)
         except BaseException:
             tmp.delete()
             raise
+
+    def write_bytes_atomic(self, data: bytes) -> None:
+        def write(tmp: Location) -> None:
+            with self.fs.open_output_stream(tmp.path) as f:
+                f.write(data)
+
+        self._write_atomic(write)
 
     def write_json_atomic(self, obj) -> None:
         self.write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
@@ -211,20 +219,11 @@ class Location:
             merged = dict(table.schema.metadata or {})
             merged.update({k.encode(): v.encode() for k, v in metadata.items()})
             table = table.replace_schema_metadata(merged)
-        self.parent().makedirs()
-        tmp = self._tmp_sibling()
-        try:
-            # Row groups of ~64 rows keep image-heavy shards streamable by datasets / pyarrow readers.
-            # Dictionary-encoding image bytes never pays (every value differs) and doubles write time.
-            dict_cols = [f.name for f in table.schema if not _holds_binary(f.type)]
-            pq.write_table(table, tmp.path, filesystem=self.fs, row_group_size=64, compression=_codecs(table.schema),
-                           use_dictionary=dict_cols)
-            if self.is_local:
-                _fsync(tmp.path)
-            self._commit(tmp)
-        except BaseException:
-            tmp.delete()
-            raise
+        # Row groups of ~64 rows keep image-heavy shards streamable by datasets / pyarrow readers.
+        # Dictionary-encoding image bytes never pays (every value differs) and doubles write time.
+        dict_cols = [f.name for f in table.schema if not _holds_binary(f.type)]
+        self._write_atomic(lambda tmp: pq.write_table(table, tmp.path, filesystem=self.fs, row_group_size=64,
+                                                      compression=_codecs(table.schema), use_dictionary=dict_cols))
 
 
 def _codecs(schema: pa.Schema) -> dict[str, str]:
