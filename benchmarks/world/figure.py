@@ -52,9 +52,10 @@ def plot(runs: dict[str, list[dict]], png: str) -> str:
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
     seeds = sorted({r["config"]["seed"] for v in runs.values() for r in v})
-    axes[0].legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(PHASES), fontsize=8, frameon=False)
     fig.suptitle(f"Synthetic world, tiny LLaVA: bars = mean over seeds {seeds}, dots = seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -63,7 +64,8 @@ def plot(runs: dict[str, list[dict]], png: str) -> str:
 
 def table(runs: dict[str, list[dict]]) -> str:
     head = ("| recipe | seed | trigger CHAIR_s before → after (control) | trigger CHAIR_i before → after "
-            "| trigger recall before → after (control) | ordinary recall before → after (control) | wall s |\n"
+            "| trigger recall before → after (control) | ordinary recall before → after (control) "
+            "| wall s (steps run) |\n"
             "|---|---|---|---|---|---|---|\n")
     rows = []
     for recipe, rs in runs.items():
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = load(a.results)
         plot(runs, a.png)
+    except ImportError:
+        print("error: the figure needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

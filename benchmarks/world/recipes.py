@@ -8,6 +8,7 @@ steps at the same learning rate, batch and beta; they differ only in the loss an
 | sigmoid          | text (rules hallucinate)      | DPO                                                   |
 | sigmoid+sft      | text                          | DPO + next-word loss on the chosen answer (RPO)       |
 | povid+sft        | text                          | POVID's loss (+ noised-image argmax rejected) + RPO   |
+| mdpo+sft         | text                          | mDPO (+ conditional term on a random crop, anchor) + RPO |
 | sigmoid+sft+img  | text + image (sampled by the SFT model on diffusion-noised images) | DPO + RPO |
 """
 
@@ -35,6 +36,7 @@ RECIPES = {r.name: r for r in (
     Recipe("sigmoid"),
     Recipe("sigmoid+sft", sft_weight=SFT_WEIGHT),
     Recipe("povid+sft", loss="povid", sft_weight=SFT_WEIGHT),
+    Recipe("mdpo+sft", loss="mdpo", sft_weight=SFT_WEIGHT),
     Recipe("sigmoid+sft+img", sft_weight=SFT_WEIGHT, image_pairs=True),
 )}
 DEFAULT = "sigmoid+sft"
