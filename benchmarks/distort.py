@@ -126,13 +126,13 @@ main()
 """
 
 
-def run_distort(data: Path, workers: int | None, env: dict, cwd: Path, io_file: Path) -> float:
+def run_distort(data: Path, workers: int | None, env: dict, cwd: Path, io_file: Path, extra: tuple = ()) -> float:
     """Wall seconds of `povid distort DATA` in a subprocess; the I/O counters of its own threads (sampled
     every 2 ms, the last value of each thread kept) land in io_file."""
     shutil.rmtree(data / "distorted", ignore_errors=True)
     shutil.rmtree(data / ".parts", ignore_errors=True)
     cmd = [sys.executable, "-c", IO_WRAPPER, str(io_file), "distort", str(data)]
-    cmd += ["--workers", str(workers)] if workers else []
+    cmd += (["--workers", str(workers)] if workers else []) + list(extra)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -161,7 +161,11 @@ def main() -> None:
                     "before a change), alternating with the current one")
     ap.add_argument("--repeats", type=int, default=2, help="alternate runs of each; the best one counts")
     ap.add_argument("--keep", default=None, help="keep the files in this folder")
+    ap.add_argument("--store", choices=("pixels", "recipe"), default="pixels",
+                    help="povid distort --store of the current revision: pixels (default here) writes the PNGs, the "
+                         "same output as the baseline and as revisions before recipes; recipe is distort's default")
     args = ap.parse_args()
+    store = ("--store", args.store)
 
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="povid-bench-distort-"))
     imgs = tmp / "images"
@@ -183,7 +187,7 @@ def main() -> None:
         for _ in range(args.repeats):
             s, base_bytes = baseline_loop(paths)
             base_runs.append(s)
-            dist_runs.append(run_distort(data, workers, env, REPO, tmp / "io-current.json"))
+            dist_runs.append(run_distort(data, workers, env, REPO, tmp / "io-current.json", store))
             if old_tree is not None:
                 old_env = {**env, "PYTHONPATH": str(old_tree)}
                 old_runs.append(run_distort(data, workers, old_env, old_tree, tmp / "io-against.json"))
@@ -192,12 +196,12 @@ def main() -> None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True)
     base_s, dist_s = min(base_runs), min(dist_runs)
     if old_runs:  # the last run above was the old one: run the current one again for its output
-        run_distort(data, workers, env, REPO, tmp / "io-last.json")
+        run_distort(data, workers, env, REPO, tmp / "io-last.json", store)
 
     import pyarrow.parquet as pq
 
     t = pq.read_table(data / "distorted", columns=["image"])
-    out_bytes = sum(len(x["bytes"]) for x in t.column("image").to_pylist())
+    out_bytes = sum(len(x["bytes"] or b"") for x in t.column("image").to_pylist())  # recipes: no bytes
     from povid_cli.core.executors import default_workers
 
     result = {
@@ -209,7 +213,7 @@ def main() -> None:
         "baseline": {"what": "PIL decode + PNG encode (zlib level 1) at 640x480, one process",
                      "seconds": round(base_s, 3), "runs": [round(x, 2) for x in base_runs], "images_per_s": round(args.n / base_s, 1),
                      "kb_per_image": round(base_bytes / args.n / 1024, 1)},
-        "distort": {"what": "povid distort DATA (subprocess; diffusion t=500, --size 336, PNG)",
+        "distort": {"what": f"povid distort DATA --store {args.store} (subprocess; diffusion t=500, --size 336, PNG)",
                     "workers": workers or default_workers(),
                     "seconds": round(dist_s, 3), "runs": [round(x, 2) for x in dist_runs], "images_per_s": round(args.n / dist_s, 1),
                     "kb_per_image": round(out_bytes / args.n / 1024, 1), "rows": t.num_rows},
