@@ -255,6 +255,12 @@ class FilterStage(Stage):
         self.client = None
         self.uses_api = bool(config.judge_model)
 
+    def skips(self, output: str) -> frozenset[str]:
+        # text, image and corrected pairs never look at pixels (pairs refer to their item's images): only
+        # contrast pairs and a judge that is shown the image need the items' image bytes
+        needs = "contrast" in self.config.kinds or (self.config.judge_model and self.config.judge_image)
+        return frozenset() if output != "items" or needs else frozenset({"image", "extra_images"})
+
     @classmethod
     def check(cls, data) -> None:
         kinds = getattr(data.config, "kinds", None) or DEFAULT_KINDS

@@ -89,3 +89,13 @@ def test_distort_store_pixels_keeps_the_images(sample_data, cli):
     assert r.exit_code == 0, r.output
     rows = pq.read_table(sample_data / "distorted").to_pylist()
     assert rows and all(x["image"]["bytes"][:4] == b"\x89PNG" for x in rows)
+
+
+def test_filter_reads_item_pixels_only_when_a_pair_kind_or_the_judge_looks_at_them():
+    from stages.filter import FilterConfig, FilterStage
+
+    assert FilterStage(FilterConfig()).skips("items") == {"image", "extra_images"}  # text and image pairs
+    assert FilterStage(FilterConfig(kinds=("text", "contrast"))).skips("items") == set()
+    assert FilterStage(FilterConfig(judge_model="m")).skips("items") == set()  # the judge is shown the image
+    assert FilterStage(FilterConfig(judge_model="m", judge_image=False)).skips("items") == {"image", "extra_images"}
+    assert FilterStage(FilterConfig()).skips("hallucinated") == set()

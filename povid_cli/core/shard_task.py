@@ -129,9 +129,10 @@ def compute(task: ShardTask) -> ShardResult:
     ds = Dataset.at(task.root)
     stage = instance(task.stage, task.config)
     primary, *secondary = task.inputs
-    rows = ds.read_rows(primary, task.k, task.start, task.stop).to_pylist()
+    rows = ds.read_rows(primary, task.k, task.start, task.stop, _columns(ds, stage, primary, task.k)).to_pylist()
     ids = {r["id"] for r in rows}
-    others = {n: [x for x in ds.read_shard(n, task.k).to_pylist() if item_id_of(x) in ids] for n in secondary}
+    others = {n: [x for x in ds.read_shard(n, task.k, _columns(ds, stage, n, task.k)).to_pylist()
+                  if item_id_of(x) in ids] for n in secondary}
     result = Result()
     for batch in _batches(stage, task.k, rows, others):
         result.merge(process_batch(stage, batch))
@@ -143,6 +144,11 @@ def compute(task: ShardTask) -> ShardResult:
         counts = {}
     return ShardResult(task.k, len(rows), counts, len(result.failed), sum(1 for f in result.failed if f.get("retryable")),
                        result.usage, time.perf_counter() - t0, task.part if task.parts > 1 else None)
+
+
+def _columns(ds: Dataset, stage: Stage, output: str, k: int) -> list[str] | None:
+    skip = stage.skips(output)
+    return [c for c in ds.shard(output, k).parquet_schema().names if c not in skip] if skip else None
 
 
 def _tables(stage: Stage, result: Result) -> list[tuple[str, pa.Table]]:

@@ -179,6 +179,11 @@ class Stage:
     def observe(self, outputs: dict[str, list[dict]]) -> None:
         """Sequential stages: see the outputs of a shard that is already done (to rebuild state)."""
 
+    def skips(self, output: str) -> frozenset[str]:
+        """Columns of an input output this stage never looks at (image bytes, say): the worker does not read
+        them, so memory and I/O follow what the stage uses."""
+        return frozenset()
+
     def close(self) -> None:
         """Release what setup() took."""
 
