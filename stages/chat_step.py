@@ -3,7 +3,22 @@ name in the backend registry, and one process with many requests in flight rathe
 
 from __future__ import annotations
 
+from povid_cli.core.errors import RowError
+from povid_cli.core.schemas import item_images
 from povid_cli.core.templates import prompt_hash
+
+
+def user_content(text: str, row: dict, send_image: bool) -> str | list:
+    """The user message's content: the text, followed by the row's images as data URLs with --send-image
+    (a row without image bytes is then an invalid row, not a request without its image)."""
+    if not send_image:
+        return text
+    from povid_cli.core.images import data_url
+
+    images = [im.get("bytes") for im in item_images(row) if im]
+    if not images or not all(images):
+        raise RowError("--send-image: the item has no image bytes", kind="invalid")
+    return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(b)}} for b in images]
 
 
 class ChatStep:

@@ -16,10 +16,9 @@ import re
 
 from povid_cli.backends.openai_client import ChatRequest, ChatResponse, is_refusal, usage_of
 from povid_cli.core.errors import RowError
-from povid_cli.core.schemas import item_images
 from povid_cli.core.templates import render
 
-from stages.chat_step import ChatStep
+from stages.chat_step import ChatStep, user_content
 from stages.correct_rules import absent_objects
 from stages.textsim import opcodes
 
@@ -70,15 +69,7 @@ def format_request(item: dict, original: str, c) -> ChatRequest:
     text = render("correct_answer", prompt=item.get("prompt") or "", reference=reference or "(none)",
                   objects=", ".join(objects) if objects else "(not listed: trust the reference answer)",
                   answer=original)
-    content: str | list = text
-    if c.send_image:
-        from povid_cli.core.images import data_url
-
-        images = [im.get("bytes") for im in item_images(item) if im]
-        if not images or not all(images):
-            raise RowError("--send-image: the item has no image bytes", kind="invalid")
-        content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(b)}}
-                                                      for b in images]
+    content = user_content(text, item, c.send_image)
     return ChatRequest([{"role": "user", "content": content}],
                        {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed})
 

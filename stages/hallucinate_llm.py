@@ -15,10 +15,9 @@ import re
 
 from povid_cli.backends.openai_client import ChatRequest, ChatResponse, is_refusal, usage_of
 from povid_cli.core.errors import RowError
-from povid_cli.core.schemas import item_images
 from povid_cli.core.templates import load_prompt, render
 
-from stages.chat_step import ChatStep
+from stages.chat_step import ChatStep, user_content
 from stages.hallucinate_rules import mentions
 from stages.textsim import opcodes
 from stages.rules_words import COLORS, NUMBERS, POSITION, RELATIONS, SIZE_STATE
@@ -77,15 +76,7 @@ def format_request(row: dict, c) -> ChatRequest:
     template = "hallucinate_caption" if row.get("task") == "caption" else "hallucinate_reasoning"
     text = render(template, prompt=row.get("prompt") or "", answer=row["chosen"], k=str(c.edits),
                   format=formats["JSON" if c.structured else "PLAIN"])
-    content: str | list = text
-    if c.send_image:
-        from povid_cli.core.images import data_url
-
-        images = [im.get("bytes") for im in item_images(row) if im]
-        if not images or not all(images):
-            raise RowError("--send-image: the item has no image bytes", kind="invalid")
-        content = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": data_url(b)}}
-                                                      for b in images]
+    content = user_content(text, row, c.send_image)
     params = {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed}
     if c.n > 1:
         params["n"] = c.n
