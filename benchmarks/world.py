@@ -8,7 +8,8 @@ The loop, through povid's own commands where povid has one:
 1. make the world (benchmarks/world/make.py): COCO-format train/val files, trigger/ordinary val ids;
 2. build the tiny LLaVA and SFT it from scratch on the SFT captions (partners sometimes named unseen);
 3. eval before: greedy captions on val, CHAIR per subset (benchmarks/world/evaluate.py, or `povid eval`);
-4. `povid synth` on the train split (true captions + instances; rules hallucinate -> text pairs);
+4. `povid synth` on the train split (true captions + instances; rules hallucinate -> text pairs), or with
+   `--pair-images fresh` on as many new images drawn the same way (no label noise, never seen in SFT);
 5. `povid train` from the SFT model (the recipe's loss, all weights);
 6. eval after;
 7. the control: the SFT model trained on the same pairs' chosen answers only, same steps, batch and lr;
@@ -56,6 +57,7 @@ class RunConfig:
     sft_lr: float = 1e-3
     # povid synth + train (and the control, which copies steps, batch and lr)
     dpo_items: int = 2000
+    pair_images: str = "train"   # train: the SFT images (true captions) | fresh: new images of the same world
     n_rejected: int = 4
     dpo_steps: int = 300
     dpo_batch: int = 32
@@ -151,7 +153,7 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict
     """The whole loop in `work`; returns the result object (see the module docstring)."""
     import torch
 
-    from benchmarks.world.make import WorldConfig, make_world
+    from benchmarks.world.make import WorldConfig, make_fresh, make_world
     from benchmarks.world.model import ModelConfig, build_world_vlm
     from benchmarks.world.sft import read_captions, read_chosen, train_sft
 
@@ -182,22 +184,28 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict
     # povid synth: text pairs (rules) for every recipe; image pairs (the SFT model sampled on the
     # diffusion-noised images) when the recipe asks, so that data depends on the SFT model too
     kind = "all" if recipe.image_pairs else "text"
+    fresh = "-fresh" if cfg.pair_images == "fresh" else ""  # folder suffix: both kinds of run share one --work
+    source = world / "train"
+    if fresh:
+        step("fresh images", "fresh", {**k_world, "dpo_items": cfg.dpo_items}, lambda p: str(make_fresh(
+            p, WorldConfig(seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val, pairs=cfg.pairs,
+                           p_unseen=cfg.p_unseen), cfg.dpo_items)))
+        source = work / "fresh"
     k_data = {**(k_sft if recipe.image_pairs else k_world), "dpo_items": cfg.dpo_items, "n_rejected": cfg.n_rejected,
-              "image_pairs": recipe.image_pairs}
-    data_dir = f"data-{kind}"
+              "image_pairs": recipe.image_pairs, **({"pair_images": "fresh"} if fresh else {})}
+    data = work / f"data-{kind}{fresh}"
 
     def synth_fn(p: Path):
         toml = work / f"povid-{kind}.toml"
         toml.write_text(synth_toml(cfg.n_rejected, sample=recipe.image_pairs))
-        cmd = povid("synth", world / "train" / "captions.json", world / "train" / "instances.json", "-o", p,
+        cmd = povid("synth", source / "captions.json", source / "instances.json", "-o", p,
                     "-c", toml, "--limit", cfg.dpo_items, "--workers", cfg.threads)
         if recipe.image_pairs:
             cmd += ["--vlm", str(sft), "--sample-backend", "transformers"]
-        run_cmd("povid synth", cmd, logs / f"synth-{kind}.log")
+        run_cmd("povid synth", cmd, logs / f"synth-{kind}{fresh}.log")
         return _count_pairs(p)
 
-    n_pairs = step("povid synth", data_dir, k_data, synth_fn)
-    data = work / data_dir
+    n_pairs = step("povid synth", data.name, k_data, synth_fn)
     k_train = {**k_data, **{k: c[k] for k in ("dpo_steps", "dpo_batch", "dpo_lr", "beta")}}
     k_dpo = {**k_train, "recipe": recipe.train_flags()}
 
@@ -206,22 +214,23 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict
             "train", data, "--model", sft, "-o", p, "--full", "--lr", cfg.dpo_lr, "--beta", cfg.beta,
             "--max-steps", cfg.dpo_steps, "--batch-size", cfg.dpo_batch, "--eval-fraction", "0", "--save-steps", "0",
             "--max-length", "0", "--logging-steps", max(1, cfg.dpo_steps // 10), "--seed", cfg.seed, "--no-bf16",
-            *recipe.train_flags()), logs / f"train-{cfg.recipe}.log")
+            *recipe.train_flags()), logs / f"train-{cfg.recipe}{fresh}.log")
         return str(p / "final")
 
-    dpo = Path(step("povid train", f"dpo-{cfg.recipe}", k_dpo, train_fn))
-    after = step("eval after", f"eval-after-{cfg.recipe}", k_dpo, lambda p: evaluate(dpo, world, p, eval_how, logs, cfg.n_val, cfg.threads))
+    dpo = Path(step("povid train", f"dpo-{cfg.recipe}{fresh}", k_dpo, train_fn))
+    after = step("eval after", f"eval-after-{cfg.recipe}{fresh}", k_dpo,
+                 lambda p: evaluate(dpo, world, p, eval_how, logs, cfg.n_val, cfg.threads))
 
     # the control: the same pairs' chosen answers, next-word loss only, with the DPO run's steps, batch, lr,
     # warm-up and AdamW settings (TRL's defaults: betas 0.9/0.999, no weight decay)
     k_ctrl = {**k_train, "sft": k_sft, "kind": kind}
-    step("control sft", f"control-{kind}", k_ctrl, lambda p: train_sft(
+    control = work / f"control-{kind}{fresh}"
+    step("control sft", control.name, k_ctrl, lambda p: train_sft(
         str(sft), str(p), *read_chosen(str(data), kind), steps=cfg.dpo_steps, batch_size=cfg.dpo_batch, lr=cfg.dpo_lr,
         warmup=0.03, weight_decay=0.0, betas=(0.9, 0.999), seed=cfg.seed, log_every=max(1, cfg.dpo_steps // 5),
         echo=echo))
-    ctrl = step("eval control", f"eval-control-{kind}", k_ctrl,
-                lambda p: evaluate(work / f"control-{kind}", world, p, eval_how, logs, cfg.n_val,
-                                                 cfg.threads))
+    ctrl = step("eval control", f"eval-{control.name}", k_ctrl,
+                lambda p: evaluate(control, world, p, eval_how, logs, cfg.n_val, cfg.threads))
 
     examples = [{"image_id": b["image_id"], "objects": b["objects"], "before": b["caption"], "after": a["caption"],
                  "control": x["caption"]}
@@ -249,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "recipe":
             p.add_argument(flag, default=d.recipe, choices=sorted(RECIPES))
+        elif f.name == "pair_images":
+            p.add_argument(flag, default=d.pair_images, choices=("train", "fresh"),
+                           help="make the pairs from the SFT images with their true captions (train, default), or "
+                                "from --dpo-items new images of the same world that SFT never saw (fresh)")
         else:
             p.add_argument(flag, type=type(getattr(d, f.name)), default=None,
                            help=f"default {getattr(d, f.name)} (--ci: {CI[f.name]})" if f.name in CI else f"default {getattr(d, f.name)}")

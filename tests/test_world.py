@@ -55,6 +55,31 @@ def test_world_files_are_coco_with_boxes_and_subsets(world):
         assert not any(a in drawn[i] and b not in drawn[i] for a, b in PAIRS)
 
 
+def test_fresh_images_are_new_scenes_with_true_captions_only(world, tmp_path):
+    """`--pair-images fresh`: images the SFT model never saw, captioned truly, and the world left as it was."""
+    from benchmarks.world.make import WorldConfig, make_fresh
+    from stages.chair import find_objects
+
+    before = (world / "train" / "captions.json").read_bytes()
+    cfg = WorldConfig(seed=3, n_train=300, n_val=40)
+    fresh = make_fresh(tmp_path / "fresh", cfg, 60)
+    assert (world / "train" / "captions.json").read_bytes() == before
+    caps = json.loads((fresh / "captions.json").read_text())
+    inst = json.loads((fresh / "instances.json").read_text())
+    assert len(caps["annotations"]) == 60 and not (fresh / "captions_sft.json").exists()
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    drawn: dict[int, set] = {}
+    for a in inst["annotations"]:
+        drawn.setdefault(a["image_id"], set()).add(cats[a["category_id"]])
+    for a in caps["annotations"]:  # every caption names exactly what is drawn: no label noise
+        assert set(find_objects(a["caption"])) == drawn[a["image_id"]]
+    train_pixels = {(world / "train" / "images" / f"{i:06d}.png").read_bytes() for i in range(1, 61)}
+    assert not train_pixels & {(fresh / "images" / f"{i:06d}.png").read_bytes() for i in range(1, 61)}
+    assert make_fresh(tmp_path / "again", cfg, 60) and (tmp_path / "again" / "captions.json").read_bytes() == \
+        (fresh / "captions.json").read_bytes()  # deterministic per seed
+    assert json.loads((fresh / "stats.json").read_text())["partner_named_when_alone"] == 0.0
+
+
 def test_povid_ingest_reads_the_world_as_coco(world, cli, tmp_path):
     import pyarrow.parquet as pq
 
@@ -137,6 +162,18 @@ def test_chair_counts_hallucinations_and_recall():
               [{"cow"}, {"zebra", "giraffe"}])
     assert r["chair_s"] == 0.5 and r["chair_i"] == pytest.approx(1 / 3, abs=1e-4)
     assert r["recall"] == pytest.approx(2 / 3, abs=1e-4) and r["n"] == 2
+
+
+def test_local_evaluator_scores_greedy_or_sampled_captions(world, world_model):
+    from benchmarks.world.evaluate import evaluate
+
+    greedy = evaluate(str(world_model), world)
+    sampled = evaluate(str(world_model), world, samples=3, temperature=1.0, seed=1)
+    assert greedy["chair"]["n"] == 40 and greedy["decoding"] == {"greedy": True}
+    assert sampled["chair"]["n"] == 120 and sampled["subsets"]["trigger"]["chair"]["n"] == 60
+    assert sampled["decoding"] == {"samples": 3, "temperature": 1.0}
+    assert evaluate(str(world_model), world, samples=3, seed=1)["samples"] == sampled["samples"]  # seeded
+    assert len(sampled["samples"]) == 40
 
 
 @pytest.mark.slow

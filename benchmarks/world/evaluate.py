@@ -1,6 +1,10 @@
 """CHAIR of the world model's greedy captions on the val split, per subset (trigger / ordinary).
 
     python -m benchmarks.world.evaluate --model M --world W -o results.json
+    python -m benchmarks.world.evaluate --model M --world W -o sampled.json --samples 4 --temperature 1
+
+With --samples K the captions are sampled (K per image, at --temperature), so CHAIR estimates how likely
+the model is to name an absent object, not only whether its most likely caption does.
 
 Writes (and returns) what `povid eval` writes, so `benchmarks/world.py` can switch to it:
 {"chair": {"chair_s", "chair_i", "recall", "avg_len", "n"}, "subsets": {name: {"chair": {...}}},
@@ -53,8 +57,10 @@ def load_model(path: str):
     return model.eval(), AutoProcessor.from_pretrained(path)
 
 
-def generate(model, processor, images: list[str | bytes], batch_size: int = 100, max_new_tokens: int = 40) -> list[str]:
-    """Greedy captions, one per image (every prompt has the same length, so no padding is needed)."""
+def generate(model, processor, images: list[str | bytes], batch_size: int = 100, max_new_tokens: int = 40,
+             samples: int = 0, temperature: float = 1.0) -> list[str]:
+    """Greedy captions, one per image, or `samples` sampled ones per image, image by image (every prompt has
+    the same length, so no padding is needed)."""
     import torch
     from PIL import Image
 
@@ -66,7 +72,9 @@ def generate(model, processor, images: list[str | bytes], batch_size: int = 100,
         chunk = [Image.open(io.BytesIO(x) if isinstance(x, bytes) else x).convert("RGB") for x in images[k:k + batch_size]]
         inputs = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt")
         with torch.no_grad():
-            ids = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                            num_return_sequences=samples) if samples else dict(do_sample=False)
+            ids = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         out += tok.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return [" ".join(c.split()) for c in out]
@@ -92,20 +100,29 @@ def chair(captions: list[str], truths: list[set[str]]) -> dict:
 
 
 def evaluate(model_path: str, world: str | Path, subsets: dict[str, list[int]] | None = None,
-             batch_size: int = 100) -> dict:
-    """Caption every val image once; CHAIR overall and per subset (default: trigger.txt / ordinary.txt)."""
+             batch_size: int = 100, samples: int = 0, temperature: float = 1.0, seed: int = 0) -> dict:
+    """Caption every val image (greedily once, or `samples` times sampled); CHAIR overall and per subset
+    (default: trigger.txt / ordinary.txt)."""
+    import torch
+
     from stages.chair import find_objects
 
     ids, files, objects = read_split(world)
     if subsets is None:
         subsets = {name: read_ids(Path(world) / "val" / f"{name}.txt") for name in ("trigger", "ordinary")}
     model, processor = load_model(model_path)
-    caps = dict(zip(ids, generate(model, processor, [files[i] for i in ids], batch_size)))
-    out = {"chair": chair([caps[i] for i in ids], [objects[i] for i in ids]), "subsets": {}}
-    for name, sub in subsets.items():
-        out["subsets"][name] = {"chair": chair([caps[i] for i in sub], [objects[i] for i in sub])}
-    out["samples"] = [{"image_id": i, "caption": caps[i], "objects": sorted(objects[i]),
-                       "hallucinated": sorted(set(find_objects(caps[i])) - objects[i])} for i in ids]
+    torch.manual_seed(seed)
+    k = max(samples, 1)
+    flat = generate(model, processor, [files[i] for i in ids], batch_size, samples=samples, temperature=temperature)
+    caps = {i: flat[j * k:(j + 1) * k] for j, i in enumerate(ids)}
+
+    def score(sub: list[int]) -> dict:
+        return chair([c for i in sub for c in caps[i]], [objects[i] for i in sub for _ in range(k)])
+
+    out = {"chair": score(ids), "subsets": {name: {"chair": score(sub)} for name, sub in subsets.items()},
+           "decoding": {"samples": samples, "temperature": temperature} if samples else {"greedy": True}}
+    out["samples"] = [{"image_id": i, "caption": caps[i][0], "objects": sorted(objects[i]),
+                       "hallucinated": sorted(set(find_objects(caps[i][0])) - objects[i])} for i in ids]
     return out
 
 
@@ -115,12 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", required=True)
     p.add_argument("-o", "--output", required=True, help="results.json")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--samples", type=int, default=0, help="sample this many captions per image (default: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --samples)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = p.parse_args(argv)
+    if a.samples < 0 or a.temperature <= 0:
+        p.error("--samples must be >= 0 and --temperature > 0")
     import torch
 
     torch.set_num_threads(a.threads)
     try:
-        res = evaluate(a.model, a.world)
+        res = evaluate(a.model, a.world, samples=a.samples, temperature=a.temperature, seed=a.seed)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

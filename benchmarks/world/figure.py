@@ -21,12 +21,17 @@ PHASES = (("before", "SFT (before)", "#9e9e9e"), ("after", "povid pairs (after)"
           ("control", "control: SFT on chosen", "#ff7f0e"))
 
 
+def label(config: dict) -> str:
+    """The recipe, marked when its pairs came from fresh images (--pair-images fresh)."""
+    return config["recipe"] + (" (fresh)" if config.get("pair_images", "train") == "fresh" else "")
+
+
 def load(paths: list[str]) -> dict[str, list[dict]]:
-    """recipe -> runs (sorted by seed)."""
+    """recipe label -> runs (sorted by seed)."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for p in paths:
         r = json.loads(Path(p).read_text())
-        runs[r["config"]["recipe"]].append(r)
+        runs[label(r["config"])].append(r)
     return {k: sorted(v, key=lambda r: r["config"]["seed"]) for k, v in sorted(runs.items())}
 
 
@@ -37,7 +42,7 @@ def plot(runs: dict[str, list[dict]], png: str) -> str:
     import matplotlib.pyplot as plt
 
     recipes = list(runs)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(max(4.2, 0.8 * len(recipes)) * len(PANELS), 3.8), sharey=True)
     width = 0.8 / len(PHASES)
     for ax, (subset, metric, title) in zip(axes, PANELS):
         for j, (phase, label, colour) in enumerate(PHASES):
@@ -48,7 +53,7 @@ def plot(runs: dict[str, list[dict]], png: str) -> str:
                 ax.scatter([x] * len(v), v, s=9, color="black", zorder=3)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(recipes)))
-        ax.set_xticklabels(recipes, rotation=20, fontsize=8)
+        ax.set_xticklabels(recipes, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
     seeds = sorted({r["config"]["seed"] for v in runs.values() for r in v})

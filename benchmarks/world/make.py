@@ -10,6 +10,9 @@ OUT/
   train/instances.json              # COCO instances: a box [x, y, w, h] and category id per drawn object
   val/images/...  val/captions.json  val/instances.json
   val/trigger.txt  val/ordinary.txt # image ids, one a line: an anchor without its partner / the rest
+
+`make_fresh` writes another split of the same kind (fresh images, true captions, no label noise) for
+`benchmarks/world.py --pair-images fresh`: pairs made from images the SFT model never saw.
 """
 
 from __future__ import annotations
@@ -105,6 +108,20 @@ def make_world(out: str | Path, cfg: WorldConfig) -> Path:
             "loners": list(LONERS), "types": [asdict(t) for t in TYPES if t.name in names],
             "stats": stats(train, cfg.pairs)}
     _write(out / "world.json", info)
+    return out
+
+
+def make_fresh(out: str | Path, cfg: WorldConfig, n: int) -> Path:
+    """OUT/{images, captions.json, instances.json}: `n` training-like scenes drawn anew (their own random
+    streams, so the world's files do not change), captioned truly: partners co-occur as in training, none is
+    named unseen. Returns `out`."""
+    out = Path(out)
+    if n < 1:
+        raise ValueError("need at least one fresh image")
+    rng = random.Random(f"fresh:{cfg.seed}")
+    scenes = [train_scene(rng, cfg.pairs, cfg.p_cooccur, 0.0) for _ in range(n)]
+    write_split(out, scenes, cfg.image_size, np.random.default_rng([cfg.seed, 1]), world_types(cfg.pairs), sft=False)
+    _write(out / "stats.json", stats(scenes, cfg.pairs))
     return out
 
 
