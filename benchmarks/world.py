@@ -166,8 +166,8 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict
     c = asdict(cfg)
 
     k_world = {k: c[k] for k in ("seed", "n_train", "n_val", "pairs", "p_unseen")}
-    step("make world", "world", k_world, lambda p: str(make_world(p, WorldConfig(
-        seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val, pairs=cfg.pairs, p_unseen=cfg.p_unseen))))
+    world_cfg = WorldConfig(**k_world)
+    step("make world", "world", k_world, lambda p: str(make_world(p, world_cfg)))
     world = work / "world"
     k_sft = {**k_world, **{k: c[k] for k in ("sft_steps", "sft_batch", "sft_lr")}, "model": asdict(ModelConfig(seed=cfg.seed))}
 
@@ -187,9 +187,8 @@ def run(cfg: RunConfig, work: Path, eval_how: str = "povid", echo=print) -> dict
     fresh = "-fresh" if cfg.pair_images == "fresh" else ""  # folder suffix: both kinds of run share one --work
     source = world / "train"
     if fresh:
-        step("fresh images", "fresh", {**k_world, "dpo_items": cfg.dpo_items}, lambda p: str(make_fresh(
-            p, WorldConfig(seed=cfg.seed, n_train=cfg.n_train, n_val=cfg.n_val, pairs=cfg.pairs,
-                           p_unseen=cfg.p_unseen), cfg.dpo_items)))
+        step("fresh images", "fresh", {**k_world, "dpo_items": cfg.dpo_items},
+             lambda p: str(make_fresh(p, world_cfg, cfg.dpo_items)))
         source = work / "fresh"
     k_data = {**(k_sft if recipe.image_pairs else k_world), "dpo_items": cfg.dpo_items, "n_rejected": cfg.n_rejected,
               "image_pairs": recipe.image_pairs, **({"pair_images": "fresh"} if fresh else {})}

@@ -67,13 +67,13 @@ def generate(model, processor, images: list[str | bytes], batch_size: int = 100,
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     text = processor.apply_chat_template(msgs, add_generation_prompt=True)
     tok = processor.tokenizer
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                    num_return_sequences=samples) if samples else dict(do_sample=False)
     out = []
     for k in range(0, len(images), batch_size):
         chunk = [Image.open(io.BytesIO(x) if isinstance(x, bytes) else x).convert("RGB") for x in images[k:k + batch_size]]
         inputs = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt")
         with torch.no_grad():
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                            num_return_sequences=samples) if samples else dict(do_sample=False)
             ids = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         out += tok.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
